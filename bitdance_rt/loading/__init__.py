@@ -1,0 +1,1 @@
+"""Reading released BitDance checkpoints: family detection, shape inference, mmap loading."""

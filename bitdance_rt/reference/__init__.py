@@ -1,0 +1,1 @@
+"""Plain PyTorch reference modules: the oracle every fast path is tested against."""
