@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch, sys; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 4))" 2>/dev/null; then
-    "$PY" -m pip install --quiet "torch==${BITDANCE_TORCH_VERSION:-2.13.0}"
+    "$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "torch==${BITDANCE_TORCH_VERSION:-2.13.0}"
 fi
 extra=""
 if [ "${1:-}" = "test" ]; then extra="[test]"; fi
-"$PY" -m pip install --quiet -e ".${extra}"
+"$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e ".${extra}"
