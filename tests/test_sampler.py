@@ -28,6 +28,15 @@ COND_CHANNELS = 12
 PATCH = 4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_intra_op_thread():
+    """These tensors are tiny: a second intra-op thread only adds barrier waits (seconds on a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -143,8 +152,8 @@ def release_style_loop(head, cond: torch.Tensor, cfg: float, num_steps: int, shi
     return torch.cat([x] * mult, dim=0)
 
 
-def make_cond(rows: int, seed: int) -> torch.Tensor:
-    return torch.randn(rows, PATCH, COND_CHANNELS, generator=generator(seed))
+def make_cond(rows: int, seed: int, patch: int = PATCH) -> torch.Tensor:
+    return torch.randn(rows, patch, COND_CHANNELS, generator=generator(seed))
 
 
 # Float32 vs float64, absolute, on samples of magnitude up to ~7: v divides by (1 − t) ≥ 0.05 and guidance
@@ -175,6 +184,20 @@ def test_sampler_matches_float64_derivation(cfg, rows, num_steps, shift):
     assert err < F64_ATOL, f"float32 sampler vs float64 derivation: max abs diff {err}"
 
 
+@pytest.mark.parametrize("cfg,rows", [(3.0, 4), (1.0, 3)])
+def test_single_token_patches_match_float64_derivation(cfg, rows):
+    """P = 1 (the class-conditional 1x heads): conditioning [rows, 1, C_cond], noise [rows/m, 1, C]."""
+    head = TinyHead(seed=14)
+    cond = make_cond(rows, seed=15, patch=1)
+    noise = RecordingNoise(generator_noise(generator(16), "cpu"))
+    out = sample_patch(head, cond, TOKEN_CHANNELS, cfg, 8, noise)
+    mult = 2 if cfg > 1.0 else 1
+    assert out.shape == (rows, 1, TOKEN_CHANNELS)
+    assert noise.shapes == [(rows // mult, 1, TOKEN_CHANNELS)] * 9
+    expected = derive_run_f64(head, cond, noise.draws, cfg, 8, 1.0)
+    assert np.abs(out.to(torch.float64).numpy() - expected).max() < F64_ATOL
+
+
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_head_sees_float32_accumulated_times(shift):
     """Step i evaluates the head at the float32 running sum of the dts, then at float32(0.95) for the last step."""
@@ -186,7 +209,7 @@ def test_head_sees_float32_accumulated_times(shift):
     dts = grid[1:] - grid[:-1]
     running = torch.tensor(0.0)
     for i, (x_in, t_in, _) in enumerate(head.calls[:-1]):
-        assert x_in.shape == (4, PATCH, TOKEN_CHANNELS)
+        assert x_in.shape == (4, PATCH, TOKEN_CHANNELS) and torch.equal(x_in[:2], x_in[2:])
         assert torch.equal(t_in, torch.full((4,), running.item()))
         # the running sum stays within 1e-6 of the exact shifted grid point
         assert abs(running.item() - shifted_time_f64(0.95 * i / num_steps, shift)) < 1e-6

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InvalidRequestError
+
 C2I_CAUSAL_LEN = 63
 
 
 def block_causal_mask(total: int, causal_len: int, block: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Dense ``[total, total]`` bool mask; ``(total − causal_len)`` must be a multiple of ``block``."""
     if block < 1 or causal_len < 0 or (total - causal_len) % block:
-        raise ValueError(f"block_causal_mask: total={total}, causal_len={causal_len} and block={block} "
+        raise InvalidRequestError(f"block_causal_mask: total={total}, causal_len={causal_len} and block={block} "
                          "do not split the sequence into whole blocks")
     pos = torch.arange(total, device=device)
     group = torch.where(pos < causal_len, pos, causal_len + (pos - causal_len) // block * block)
