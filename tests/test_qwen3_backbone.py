@@ -23,12 +23,12 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def tiny_hf_model(attention_bias: bool = False) -> transformers.Qwen3Model:
+def tiny_hf_model(attention_bias: bool = False, attn_implementation: str = "eager") -> transformers.Qwen3Model:
     config = transformers.Qwen3Config(
         vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, attention_bias=attention_bias,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6}, max_position_embeddings=512,
-        attn_implementation="eager")
+        attn_implementation=attn_implementation)
     with torch.random.fork_rng():  # transformers' own init draws from the global generator; keep it untouched
         model = transformers.Qwen3Model(config)
     g = generator(11)
@@ -119,6 +119,28 @@ def test_incremental_with_cache_matches_full_pass():
     stepped = incremental(ours, embeds, mask)
     assert relative_error(stepped, full) < TOLERANCE
     assert relative_error(stepped, hf_full_pass(hf, embeds, mask)) < TOLERANCE
+
+
+def test_release_call_pattern_is_bitwise_transformers_sdpa():
+    """The release's calls on its default ("sdpa") attention: a causal prefill without a mask, then cached blocks
+    with an all-True mask. Our backbone makes the same SDPA calls, so float32 CPU results are identical."""
+    hf = tiny_hf_model(attn_implementation="sdpa")
+    ours = ours_from(hf)
+    embeds = torch.randn(2, LENGTH, 64, generator=generator(15))
+    cache = ours.new_cache(2, LENGTH)
+    with torch.no_grad():
+        ref = hf(inputs_embeds=embeds[:, :CAUSAL], use_cache=True)
+        past = ref.past_key_values
+        got = ours(embeds[:, :CAUSAL], torch.arange(CAUSAL), None, cache)
+        assert torch.equal(got, ref.last_hidden_state)
+        for b in range(BLOCKS):
+            start, end = CAUSAL + P * b, CAUSAL + P * (b + 1)
+            ref = hf(inputs_embeds=embeds[:, start:end], past_key_values=past, use_cache=True,
+                     attention_mask=torch.ones(2, 1, P, end, dtype=torch.bool))
+            past = ref.past_key_values
+            got = ours(embeds[:, start:end], torch.arange(start, end), torch.ones(1, 1, P, end, dtype=torch.bool),
+                       cache)
+            assert torch.equal(got, ref.last_hidden_state), b
 
 
 def test_batch_of_two_matches_transformers_and_single_rows():

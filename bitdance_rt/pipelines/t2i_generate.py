@@ -37,7 +37,7 @@ class RowGroup:
         total, p = len(self.ids), model.parallel
         mask = block_causal_mask(total, total - p, p, device)
         causal = total - p
-        bb(embeds[:, :causal], torch.arange(causal, device=device), mask[None, None, :causal, :causal], self.cache)
+        bb(embeds[:, :causal], torch.arange(causal, device=device), None, self.cache)  # causal
         return bb(embeds[:, causal:], torch.arange(causal, total, device=device), mask[None, None, causal:],
                   self.cache)
 

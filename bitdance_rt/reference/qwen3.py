@@ -1,11 +1,14 @@
 """The Qwen3 decoder stack of the text-to-image models, as plain PyTorch (no LM head).
 
 Math as transformers' Qwen3: pre-RMSNorm layers (float32 normalisation, cast back, times weight), per-head RMSNorm
-on q and k before rotate-half RoPE, grouped-query attention with scale ``head_dim ** -0.5``, an explicit masked
-softmax in float32, and a SwiGLU MLP ``down(silu(gate(x)) * up(x))``; a final RMSNorm.
+on q and k before rotate-half RoPE, grouped-query attention with scale ``head_dim ** -0.5`` (a masked
+softmax), and a SwiGLU MLP ``down(silu(gate(x)) * up(x))``; a final RMSNorm. Attention goes through
+``F.scaled_dot_product_attention``, the same call transformers' default ("sdpa") path makes, so that CPU float32
+hidden states are bitwise those of the release's Hugging Face model; ``attn_mask=None`` means causal
+(``is_causal=True``, as transformers' prefill without a mask).
 
-Shapes: ``inputs_embeds [B, T, hidden]``, ``positions`` int64 ``[T]``, ``attn_mask`` bool broadcastable to
-``[B, 1, T, L]`` (True = may attend) with ``L = cache.length + T``; output ``[B, T, hidden]``.
+Shapes: ``inputs_embeds [B, T, hidden]``, ``positions`` int64 ``[T]``, ``attn_mask`` None (causal, only with
+an empty cache) or bool broadcastable to ``[B, 1, T, L]`` (True = may attend) with ``L = cache.length + T``; output ``[B, T, hidden]``.
 State-dict keys are transformers' ``Qwen3Model`` keys (a ``Qwen3ForCausalLM`` file's keys minus ``model.``).
 Modules hold parameters only, so the backbone can be built on the ``meta`` device and filled with
 ``load_state_dict(..., assign=True)``.
@@ -159,7 +162,7 @@ class Qwen3Attention(nn.Module):
         self.q_norm = RMSNorm(d, config.rms_norm_eps)
         self.k_norm = RMSNorm(d, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None,
                 cache: KVCache | None, layer_index: int) -> torch.Tensor:
         batch, length, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(batch, length, self.num_heads, self.head_dim)).transpose(1, 2)
@@ -173,10 +176,9 @@ class Qwen3Attention(nn.Module):
         group = self.num_heads // self.num_kv_heads
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.head_dim ** -0.5
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(weights, v).transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                             scale=self.head_dim ** -0.5)
+        out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
         return self.o_proj(out)
 
 
@@ -225,7 +227,7 @@ class Qwen3Backbone(nn.Module):
         return KVCache(self.config.num_hidden_layers, batch, self.config.num_key_value_heads, max_len,
                        self.config.head_dim, device=weight.device, dtype=weight.dtype)
 
-    def forward(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor,
+    def forward(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor | None,
                 cache: KVCache | None = None) -> torch.Tensor:
         """Hidden states after the final norm, ``[B, T, hidden]``; appends the new keys/values to ``cache``."""
         self._check_inputs(inputs_embeds, positions, attn_mask, cache)
@@ -237,7 +239,7 @@ class Qwen3Backbone(nn.Module):
             cache.advance(inputs_embeds.shape[1])
         return self.norm(x)
 
-    def _check_inputs(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor,
+    def _check_inputs(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor | None,
                       cache: KVCache | None) -> None:
         hidden = self.config.hidden_size
         if inputs_embeds.ndim != 3 or inputs_embeds.shape[2] != hidden:
@@ -257,6 +259,11 @@ class Qwen3Backbone(nn.Module):
                 raise InvalidRequestError(
                     f"Qwen3Backbone: {cached} cached + {length} new positions exceed the cache's {cache.max_len}; "
                     "allocate a longer cache with new_cache")
+        if attn_mask is None:
+            if cached:
+                raise InvalidRequestError("Qwen3Backbone: attn_mask=None (causal) needs an empty cache; pass an "
+                                          f"explicit mask when {cached} positions are cached")
+            return
         expected = (batch, 1, length, cached + length)
         broadcastable = attn_mask.ndim == 4 and all(m in (1, e) for m, e in zip(attn_mask.shape, expected))
         if attn_mask.dtype != torch.bool or not broadcastable:
