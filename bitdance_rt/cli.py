@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -69,9 +70,28 @@ def _save(images, out: Path) -> list[Path]:
     return paths
 
 
+def precheck_generate(a: argparse.Namespace) -> None:
+    """Argument errors that need no model are reported before a (possibly 14B) model is loaded."""
+    from .errors import InvalidRequestError
+    from .requests import check_int, check_labels
+
+    if (a.prompt is None) == (a.class_label is None):
+        raise InvalidRequestError("give either a prompt (text-to-image models) or --class (class-conditional "
+                                  "models), not both and not neither.")
+    if a.class_label is not None:
+        check_labels(a.class_label)
+    for name, value, minimum in (("--steps", a.steps, 1), ("--num-images", a.num_images, 1),
+                                 ("--height", a.height, 1), ("--width", a.width, 1), ("--seed", a.seed, 0)):
+        if value is not None:
+            check_int(name, value, minimum)
+    if a.guidance is not None and not math.isfinite(a.guidance):
+        raise InvalidRequestError(f"--guidance must be a finite number, got {a.guidance}.")
+
+
 def cmd_generate(a: argparse.Namespace) -> int:
     from .runtime import Runtime
 
+    precheck_generate(a)
     rt = Runtime.from_pretrained(a.model, device=a.device, dtype=a.dtype, tokenizer_path=a.tokenizer,
                                  trust_pickle=a.trust_pickle)
     start = time.perf_counter()

@@ -26,19 +26,25 @@ class Sampling:
     callback: Callable[[int, int], None] | None
 
 
-def _int(name: str, value, minimum: int) -> int:
+def check_int(name: str, value, minimum: int) -> int:
+    """An integer (not a bool, not a float) of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise InvalidRequestError(f"{name} must be an integer >= {minimum}, got {value!r}.")
     return int(value)
 
 
+def check_size(name: str, value) -> int:
+    """An image side in pixels: a positive int (not a float, not a string)."""
+    return check_int(name, value, 1)
+
+
 def check_sampling(num_steps, guidance, num_images, output_type, seed, generator, callback,
                    device: torch.device) -> Sampling:
-    steps = _int("num_sampling_steps", num_steps, 1)
+    steps = check_int("num_sampling_steps", num_steps, 1)
     if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance):
         raise InvalidRequestError(f"guidance_scale must be a finite number, got {guidance!r} "
                                   "(values <= 1 disable classifier-free guidance).")
-    images = _int("num_images", num_images, 1)
+    images = check_int("num_images", num_images, 1)
     if output_type not in OUTPUT_TYPES:
         raise InvalidRequestError(f"output_type={output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}.")
     if callback is not None and not callable(callback):
@@ -51,7 +57,7 @@ def check_sampling(num_steps, guidance, num_images, output_type, seed, generator
         return Sampling(steps, float(guidance), images, output_type, generator, None, callback)
     if seed is None:
         seed = secrets.randbits(63)
-    seed = _int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
     gen = torch.Generator(device=device).manual_seed(seed)
     return Sampling(steps, float(guidance), images, output_type, gen, seed, callback)
 

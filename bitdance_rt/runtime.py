@@ -22,7 +22,7 @@ from .pipelines.c2i_generate import generate_c2i_tokens
 from .pipelines.t2i_generate import generate_t2i_tokens
 from .reference.patch_order import from_patch_raster
 from .reference.sampler import generator_noise
-from .requests import Sampling, check_labels, check_prompts, check_sampling
+from .requests import Sampling, check_labels, check_prompts, check_sampling, check_size
 from .sizes import C2I_SIZE, check_t2i_size, token_grid
 
 BACKENDS = ("reference",)
@@ -115,8 +115,8 @@ class Runtime:
             if prompt is None:
                 raise InvalidRequestError("this text-to-image model needs a prompt (a string or a list of strings).")
             prompts, negatives = check_prompts(prompt, negative_prompt)
-            height = T2I_DEFAULTS["height"] if height is None else height
-            width = T2I_DEFAULTS["width"] if width is None else width
+            height = check_size("height", T2I_DEFAULTS["height"] if height is None else height)
+            width = check_size("width", T2I_DEFAULTS["width"] if width is None else width)
             check_t2i_size(height, width)
             steps = T2I_DEFAULTS["num_sampling_steps"] if num_sampling_steps is None else num_sampling_steps
             guidance = T2I_DEFAULTS["guidance_scale"] if guidance_scale is None else guidance_scale
@@ -126,10 +126,11 @@ class Runtime:
             if class_labels is None:
                 raise InvalidRequestError("this class-conditional model needs class_labels (ImageNet ids 0..999).")
             labels = check_labels(class_labels)
-            if (height or C2I_SIZE[0], width or C2I_SIZE[1]) != C2I_SIZE:
+            height = check_size("height", C2I_SIZE[0] if height is None else height)
+            width = check_size("width", C2I_SIZE[1] if width is None else width)
+            if (height, width) != C2I_SIZE:
                 raise InvalidRequestError(f"class-conditional models make {C2I_SIZE[0]}x{C2I_SIZE[1]} images only, "
                                           f"got {height}x{width}.")
-            height, width = C2I_SIZE
             steps = C2I_STEPS if num_sampling_steps is None else num_sampling_steps
             guidance = self.default_c2i_guidance() if guidance_scale is None else guidance_scale
         grid = token_grid(height, width, self.model.decoder_layout.downsample, self.parallel)
@@ -164,7 +165,8 @@ class Runtime:
         ``seed``/``generator`` feed the noise of GAN decoders."""
         if output_type not in ("pil", "np", "pt"):
             raise InvalidRequestError(f"output_type={output_type!r}; decode_tokens gives 'pil', 'np' or 'pt'.")
-        grid = token_grid(height, width, self.model.decoder_layout.downsample, self.parallel)
+        grid = token_grid(check_size("height", height), check_size("width", width),
+                          self.model.decoder_layout.downsample, self.parallel)
         c = self.model.head_config.token_channels
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tuple(tokens.shape[1:]) != (grid[0] * grid[1], c):
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__

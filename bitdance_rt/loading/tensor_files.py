@@ -9,6 +9,7 @@ against the shapes a module expects and names the file, key, expected and found 
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
 from dataclasses import dataclass
@@ -125,7 +126,9 @@ def torch_file(path: Path, trust_pickle: bool, what: str) -> dict:
     """``torch.load`` with ``weights_only=True`` and mmap; refuses pickles that need more unless trusted."""
     require_file(path, what)
     try:
-        obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=not trust_pickle)
+        # the release's trainer stores its argparse.Namespace next to the weights: plain data, safe to allow
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: this {what} holds Python objects beyond tensors and plain containers, which "
