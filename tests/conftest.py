@@ -18,6 +18,16 @@ from bitdance_rt.runtime import Runtime
 from bitdance_rt.tiny_models import write_tiny_c2i, write_tiny_t2i
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """For modules of many tiny tensors: a second intra-op thread only adds barrier waits (seconds on a loaded
+    machine). Restores the thread count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tiny_models")

@@ -17,13 +17,7 @@ import torch.nn.functional as F
 from bitdance_rt.reference.diffusion_head import DiffusionHead, DiffusionHeadConfig, timestep_frequencies
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """These tensors are tiny: a second intra-op thread only adds barrier waits (seconds on a loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def generator(seed: int) -> torch.Generator:

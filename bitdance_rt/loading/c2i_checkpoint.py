@@ -26,19 +26,31 @@ C2I_ATTN_HEAD_DIM = 64
 
 
 @dataclass
-class C2IModel:
+class C2ISpec:
+    """What the tensor shapes say about a class-conditional checkpoint."""
     path: Path
     tokenizer_path: Path | None
     config: C2IConfig
     head_config: DiffusionHeadConfig
     decoder_layout: DecoderLayout
-    backbone: C2IBackbone
-    head: DiffusionHead
-    decoder: TokenDecoder
 
     @property
     def parallel(self) -> int:
         return self.config.parallel
+
+
+@dataclass
+class C2IPlan(C2ISpec):
+    """The spec plus the checked tensor tables, before any weight is placed."""
+    parts: dict[str, tuple[TensorTable, dict]]
+
+
+@dataclass
+class C2IModel(C2ISpec):
+    """The spec plus the loaded reference modules."""
+    backbone: C2IBackbone
+    head: DiffusionHead
+    decoder: TokenDecoder
 
 
 def _count(table: TensorTable, pattern: str) -> int:
@@ -92,17 +104,6 @@ def _model_state(ckpt: dict, path: Path) -> dict:
                           f"{sorted(map(str, ckpt))[:8]}); this is not a class-conditional BitDance checkpoint.")
 
 
-@dataclass
-class C2IPlan:
-    """Everything known about a class-conditional checkpoint before any weight is placed."""
-    path: Path
-    tokenizer_path: Path | None
-    config: C2IConfig
-    head_config: DiffusionHeadConfig
-    decoder_layout: DecoderLayout
-    parts: dict[str, tuple[TensorTable, dict]]
-
-
 def plan_c2i(path: Path, tokenizer_path: Path | None, device: torch.device, dtype: torch.dtype,
              trust_pickle: bool = False) -> C2IPlan:
     model_table = dict_table(_model_state(torch_file(path, trust_pickle, "checkpoint"), path), path, device, dtype)
@@ -140,5 +141,5 @@ def load_c2i(path: Path, tokenizer_path: Path | None, device: torch.device, dtyp
     factories = {"backbone": lambda: C2IBackbone(plan.config), "head": lambda: DiffusionHead(plan.head_config),
                  "decoder": lambda: TokenDecoder(plan.decoder_layout)}
     modules = {name: load_into(factories[name], table, shapes, name) for name, (table, shapes) in plan.parts.items()}
-    return C2IModel(path=path, tokenizer_path=tokenizer_path, config=plan.config, head_config=plan.head_config,
-                    decoder_layout=plan.decoder_layout, **modules)
+    spec = {f: getattr(plan, f) for f in C2ISpec.__dataclass_fields__}
+    return C2IModel(**spec, **modules)

@@ -31,21 +31,33 @@ REQUIRED_FILES = ("config.json", "tokenizer.json", "ae_config.json", "ae.safeten
 
 
 @dataclass
-class T2IModel:
+class T2ISpec:
+    """What the configs say about a T2I directory."""
     path: Path
     backbone_config: Qwen3Config
     head_config: DiffusionHeadConfig
     decoder_layout: DecoderLayout
     parallel: int
     tokenizer: PromptTokenizer
-    backbone: Qwen3Backbone
-    head: DiffusionHead
-    projector: TokenProjector
-    decoder: TokenDecoder
 
     @property
     def token_channels(self) -> int:
         return self.head_config.token_channels
+
+
+@dataclass
+class T2IPlan(T2ISpec):
+    """The spec plus the checked tensor tables, before any weight is read."""
+    parts: dict[str, tuple[TensorTable, dict]]
+
+
+@dataclass
+class T2IModel(T2ISpec):
+    """The spec plus the loaded reference modules."""
+    backbone: Qwen3Backbone
+    head: DiffusionHead
+    projector: TokenProjector
+    decoder: TokenDecoder
 
 
 def is_t2i_directory(path: Path) -> bool:
@@ -71,18 +83,6 @@ def head_config_from_json(cfg: dict, source: Path, hidden: int) -> tuple[Diffusi
         raise CheckpointError(f"{source}: ch_cond = {head.cond_channels} but the backbone's hidden size is {hidden}.")
     check_head_config(head, parallel, str(source))
     return head, parallel
-
-
-@dataclass
-class T2IPlan:
-    """Everything known about a T2I directory before any weight is read: configs and checked tensor tables."""
-    path: Path
-    backbone_config: Qwen3Config
-    head_config: DiffusionHeadConfig
-    decoder_layout: DecoderLayout
-    parallel: int
-    tokenizer: PromptTokenizer
-    parts: dict[str, tuple[TensorTable, dict]]
 
 
 def plan_t2i(path: Path, device: torch.device, dtype: torch.dtype) -> T2IPlan:
@@ -126,5 +126,5 @@ def load_t2i(path: Path, device: torch.device, dtype: torch.dtype) -> T2IModel:
                  "projector": lambda: TokenProjector(plan.head_config.token_channels,
                                                      plan.backbone_config.hidden_size)}
     modules = {name: load_into(factories[name], table, shapes, name) for name, (table, shapes) in plan.parts.items()}
-    return T2IModel(path=path, backbone_config=plan.backbone_config, head_config=plan.head_config,
-                    decoder_layout=plan.decoder_layout, parallel=plan.parallel, tokenizer=plan.tokenizer, **modules)
+    spec = {f: getattr(plan, f) for f in T2ISpec.__dataclass_fields__}
+    return T2IModel(**spec, **modules)
