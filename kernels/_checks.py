@@ -22,3 +22,12 @@ def check_tensor(kernel: str, name: str, t: torch.Tensor, *, shape: tuple | None
         raise ValueError(f"{kernel}: {name} is on {t.device}, expected {device} like the other inputs")
     if contiguous and not t.is_contiguous():
         raise ValueError(f"{kernel}: {name} must be contiguous; call .contiguous() first")
+
+
+def check_rows(kernel: str, name: str, t: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype,
+               device: torch.device) -> None:
+    """A 2-D operand whose rows may be strided (a chunk of a wider tensor) but whose channels are contiguous."""
+    check_tensor(kernel, name, t, shape=shape, dtype=dtype, device=device, contiguous=False)
+    if t.stride(1) != 1:
+        raise ValueError(f"{kernel}: {name} has channel stride {t.stride(1)}, expected 1 (rows may be strided, "
+                         "channels must be contiguous); call .contiguous() first")

@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .head_ops import gated_residual_ref, layernorm_modulate_ref, patch_attention_ref, swiglu_ref
+from .head_ops import modulate  # noqa: F401  (kept importable from here)
+
 FREQ_EMBED_DIM = 256
 LN_EPS = 1e-6
 
@@ -91,13 +94,13 @@ def timestep_frequencies(t: torch.Tensor, dim: int = FREQ_EMBED_DIM, max_period:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
-
-
 def swiglu(w1: nn.Linear, w2: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    a, b = w1(x).chunk(2, dim=-1)
-    return w2(F.silu(a) * b)
+    return w2(swiglu_ref(w1(x)))
+
+
+def norm_modulate(norm: nn.LayerNorm, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``norm(x)·(1+scale)+shift`` with the LayerNorm module's affine parameters and eps."""
+    return layernorm_modulate_ref(x, scale, shift, norm.weight, norm.bias, norm.eps)
 
 
 class TimestepEmbedder(nn.Module):
@@ -121,11 +124,7 @@ class PatchSelfAttention(nn.Module):
         self.wo = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, p, d = x.shape
-        q, k, v = (t.view(n, p, self.num_heads, self.head_dim).transpose(1, 2) for t in self.wqkv(x).chunk(3, -1))
-        scores = (q * self.head_dim ** -0.5) @ k.transpose(-1, -2)
-        out = torch.softmax(scores, dim=-1) @ v
-        return self.wo(out.transpose(1, 2).reshape(n, p, d))
+        return self.wo(patch_attention_ref(self.wqkv(x), self.head_dim))
 
 
 class TransBlock(nn.Module):
@@ -144,10 +143,10 @@ class TransBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
         scale1, shift1, gate1, scale2, shift2, gate2 = mod
-        x = x + self.attn(modulate(self.norm1(x), scale1, shift1)) * gate1
-        h = modulate(self.norm2(x), scale2, shift2)
+        x = gated_residual_ref(x, self.attn(norm_modulate(self.norm1, x, scale1, shift1)), gate1)
+        h = norm_modulate(self.norm2, x, scale2, shift2)
         h = swiglu(self.w1, self.w2, h) if self.use_swiglu else self.mlp(h)
-        return x + h * gate2
+        return gated_residual_ref(x, h, gate2)
 
 
 class ResBlock(nn.Module):
@@ -160,7 +159,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
         scale, shift, gate = mod
-        return x + swiglu(self.w1, self.w2, modulate(self.norm(x), scale, shift)) * gate
+        return gated_residual_ref(x, swiglu(self.w1, self.w2, norm_modulate(self.norm, x, scale, shift)), gate)
 
 
 class FinalLayer(nn.Module):
@@ -172,8 +171,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_ln_modulation(y).chunk(2, dim=-1)
-        x = F.layer_norm(x, (self.width,), eps=LN_EPS)
-        return self.linear(modulate(x, scale, shift))
+        return self.linear(layernorm_modulate_ref(x, scale, shift, None, None, LN_EPS))
 
 
 class DiffusionHead(nn.Module):

@@ -7,7 +7,8 @@
 Random numbers are consumed exactly as the release's sampler consumes them from the global generator, here from
 a caller-owned source: one draw of shape ``[rows / m, P, C]`` for the start, then one of the same shape per
 Euler–Maruyama step (1 + N draws per AR step). The arithmetic follows the release's float32 op order, so the
-CPU float32 result is bitwise the release's.
+CPU float32 result is bitwise the release's. ``step_from_prediction`` and ``final_step_from_prediction`` are one
+sampling step each, from the head's prediction to the new x: the oracle of the fused sampler-step kernel.
 """
 
 from __future__ import annotations
@@ -67,6 +68,38 @@ def euler_maruyama_update(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, dt:
     return x + drift * dt + noise_scale * noise
 
 
+def running_times(times: torch.Tensor) -> torch.Tensor:
+    """The time of each Euler–Maruyama step, ``[N]`` float32 from ``times [N + 1]``: the release's running sum
+    ``t = 0; t += dt[i]`` in float32, which is not bitwise ``times[:-1]`` (its rounding differs)."""
+    dts = times[1:] - times[:-1]
+    running = torch.empty(dts.shape[0], device=times.device, dtype=torch.float32)
+    t = torch.tensor(0.0, device=times.device, dtype=torch.float32)
+    for i in range(dts.shape[0]):
+        running[i] = t
+        t += dts[i]
+    return running
+
+
+def step_from_prediction(pred: torch.Tensor, x: torch.Tensor, t: torch.Tensor, dt: torch.Tensor,
+                         noise: torch.Tensor, cfg: float, guided: bool) -> torch.Tensor:
+    """One Euler–Maruyama step from the head's x-prediction ``pred [m·B, P, C]`` of ``cat([x]*m)`` at time ``t``.
+
+    x, noise: ``[B, P, C]`` float32; t, dt: 0-d float32. Returns the new ``x [B, P, C]`` (float32)."""
+    x_in = torch.cat([x] * (2 if guided else 1), dim=0)
+    v = guided_velocity(velocity(pred, x_in, t.expand(x_in.shape[0])), cfg, guided)
+    return euler_maruyama_update(x, v, t, dt, noise)
+
+
+def final_step_from_prediction(pred: torch.Tensor, x: torch.Tensor, cfg: float, guided: bool,
+                               last_step_size: float = LAST_STEP_SIZE) -> torch.Tensor:
+    """The last step, plain Euler without noise: ``x + v·last_step_size`` with v evaluated at
+    ``t = 1 − last_step_size`` (rounded to float32). Shapes as ``step_from_prediction``; returns ``[B, P, C]``."""
+    x_in = torch.cat([x] * (2 if guided else 1), dim=0)
+    t_rows = torch.full((x_in.shape[0],), 1 - last_step_size, device=x.device, dtype=torch.float32)
+    v = guided_velocity(velocity(pred, x_in, t_rows), cfg, guided)
+    return x + v * last_step_size
+
+
 def sample_patch(head: HeadFn, cond: torch.Tensor, token_channels: int, cfg: float, num_steps: int,
                  noise: NoiseFn, shift: float = 1.0, last_step_size: float = LAST_STEP_SIZE) -> torch.Tensor:
     """Run the sampler for one AR step.
@@ -81,19 +114,16 @@ def sample_patch(head: HeadFn, cond: torch.Tensor, token_channels: int, cfg: flo
     device = cond.device
     x = noise((rows // mult, patch, token_channels)).to(torch.float32)
     times = step_times(num_steps, shift, device, last_step_size)
+    running = running_times(times)
     dts = times[1:] - times[:-1]
-    t = torch.tensor(0.0, device=device, dtype=torch.float32)
     t_rows = torch.zeros(rows, device=device, dtype=torch.float32)
     for i in range(num_steps):
-        t_rows[:] = t
-        x_in = torch.cat([x] * mult, dim=0)
-        v = guided_velocity(velocity(head(x_in, t_rows, cond), x_in, t_rows), cfg, guided)
-        x = euler_maruyama_update(x, v, t, dts[i], noise(tuple(x.shape)).to(torch.float32))
-        t += dts[i]
+        t_rows[:] = running[i]
+        pred = head(torch.cat([x] * mult, dim=0), t_rows, cond)
+        x = step_from_prediction(pred, x, running[i], dts[i], noise(tuple(x.shape)).to(torch.float32), cfg, guided)
     t_rows[:] = 1 - last_step_size
-    x_in = torch.cat([x] * mult, dim=0)
-    v = guided_velocity(velocity(head(x_in, t_rows, cond), x_in, t_rows), cfg, guided)
-    x = x + v * last_step_size
+    pred = head(torch.cat([x] * mult, dim=0), t_rows, cond)
+    x = final_step_from_prediction(pred, x, cfg, guided, last_step_size)
     return torch.cat([x] * mult, dim=0)
 
 

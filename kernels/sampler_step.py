@@ -1,0 +1,205 @@
+"""The head's sampler step, fused (Triton): from the head's x-prediction to the new sample in one pass.
+
+``sampler_step`` is one Euler–Maruyama step: velocity ``(pred − x) / max(1 − t, 0.05)``, guidance
+``v_u + cfg·(v_c − v_u)`` over the conditional / unconditional halves of ``pred``, score, drift and the noisy
+update. ``sampler_final`` is the last, noiseless Euler step at ``t = 1 − last_step_size`` followed by sign
+quantization: tokens for all ``m·B`` rows (both halves equal when guided), optionally the packed int32 words
+(``token_packing``'s bit order) and the continuous sample.
+
+Shapes: pred ``[m·B, P, C]`` (float32, bfloat16 or float16: the head's output for ``cat([x]*m)``, m = 2 when
+guided), x and noise ``[B, P, C]`` float32, times ``[N + 1]`` and running ``[N]`` float32 device tensors (the
+sampler's ``step_times`` and their ``running_times``, so one launch reads its t and dt on the device).
+All arithmetic is float32 in the reference's op order with correctly rounded division and square root
+(``div_rn``, ``sqrt_rn``) and no mul-add contraction (``enable_fp_fusion=False``): a step equals
+``step_from_prediction`` computed with IEEE float32 ops bit for bit. Against torch on this machine's CPU it can
+differ by one ulp of the noise scale, because this torch build's CPU ``sqrt`` is not correctly rounded (torch on
+CUDA, where the release runs, is).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from bitdance_rt.kernels._checks import check_tensor
+from bitdance_rt.kernels.token_packing import BITS_PER_WORD, FLOAT_DTYPES, pack_tile, sign_of
+from bitdance_rt.reference.sampler import (LAST_STEP_SIZE, MIN_ONE_MINUS_T, final_step_from_prediction,
+                                           step_from_prediction)
+
+REFERENCE = step_from_prediction
+REFERENCE_FINAL = final_step_from_prediction
+
+MIN_DENOM = tl.constexpr(MIN_ONE_MINUS_T)  # the velocity's clamp_min of 1 − t
+BLOCK = 1024         # elements per program of the step kernel
+BLOCK_WORDS = 32     # 32 x 32 elements per program of the final kernel
+NUM_WARPS = 4
+
+
+@triton.jit
+def guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg, GUIDED: tl.constexpr):
+    """Velocity of the conditional rows ``pred[offs]`` (guided with the unconditional rows ``pred[n + offs]``)."""
+    denom = tl.maximum(one_minus_t, MIN_DENOM)
+    pred = tl.load(pred_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v = tl.math.div_rn(pred - x, denom)
+    if GUIDED:
+        pred_u = tl.load(pred_ptr + n + offs, mask=mask, other=0.0).to(tl.float32)
+        v_u = tl.math.div_rn(pred_u - x, denom)
+        v = v_u + cfg * (v - v_u)
+    return v
+
+
+@triton.jit(do_not_specialize=["step"])
+def _sampler_step_kernel(pred_ptr, x_ptr, noise_ptr, times_ptr, running_ptr, out_ptr, step, cfg, n,
+                         GUIDED: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    t = tl.load(running_ptr + step)
+    dt = tl.load(times_ptr + step + 1) - tl.load(times_ptr + step)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    noise = tl.load(noise_ptr + offs, mask=mask, other=0.0)
+    sigma = 1.0 - t
+    v = guided_velocity_of(pred_ptr, offs, mask, x, sigma, n, cfg, GUIDED)
+    var = sigma * sigma - (t * -1.0) * sigma
+    score = tl.math.div_rn(t * v - x, var)
+    drift = v + sigma * score
+    noise_scale = tl.sqrt_rn(2.0 * sigma * dt)
+    tl.store(out_ptr + offs, x + drift * dt + noise_scale * noise, mask=mask)
+
+
+@triton.jit
+def _sampler_final_kernel(pred_ptr, x_ptr, tokens_ptr, words_ptr, sample_ptr, t_last, step_size, cfg, n,
+                          GUIDED: tl.constexpr, PACK: tl.constexpr, KEEP_SAMPLE: tl.constexpr,
+                          BLOCK_WORDS: tl.constexpr):
+    word = tl.program_id(0).to(tl.int64) * BLOCK_WORDS + tl.arange(0, BLOCK_WORDS)
+    bit = tl.arange(0, 32)
+    offs = word[:, None] * 32 + bit[None, :]
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    # cast first: in the interpreter a float argument is a Python float, and 1.0 - t_last would round in float64
+    one_minus_t = 1.0 - tl.cast(t_last, tl.float32)
+    v = guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg, GUIDED)
+    sample = x + v * step_size
+    tokens = sign_of(sample).to(tokens_ptr.dtype.element_ty)
+    tl.store(tokens_ptr + offs, tokens, mask=mask)
+    if GUIDED:
+        tl.store(tokens_ptr + n + offs, tokens, mask=mask)
+    if KEEP_SAMPLE:
+        tl.store(sample_ptr + offs, sample, mask=mask)
+    if PACK:
+        num_words = n // 32
+        words = pack_tile(sample, bit)
+        word_mask = word < num_words
+        tl.store(words_ptr + word, words, mask=word_mask)
+        if GUIDED:
+            tl.store(words_ptr + num_words + word, words, mask=word_mask)
+
+
+class FinalTokens(NamedTuple):
+    """What ``sampler_final`` wrote: tokens ``[m·B, P, C]``; packed int32 words ``[m·B, P, C / 32]`` or None;
+    the continuous final sample ``[B, P, C]`` float32 (``sample_patch``'s result, first half) or None."""
+    tokens: torch.Tensor
+    packed: torch.Tensor | None
+    sample: torch.Tensor | None
+
+
+def _check_flags(kernel: str, cfg: float, guided: bool) -> None:
+    if not isinstance(guided, bool):
+        raise TypeError(f"{kernel}: guided must be a bool, got {type(guided).__name__}")
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)):
+        raise TypeError(f"{kernel}: cfg must be a Python float, got {type(cfg).__name__}")
+
+
+def _check_pred_and_x(kernel: str, pred: torch.Tensor, x: torch.Tensor, guided: bool) -> None:
+    """x ``[B, P, C]`` float32; pred ``[m·B, P, C]`` of a float dtype on x's device."""
+    check_tensor(kernel, "x", x, shape=(None, None, None), dtype=torch.float32)
+    rows = x.shape[0] * (2 if guided else 1)
+    check_tensor(kernel, "pred", pred, shape=(rows, x.shape[1], x.shape[2]), dtype=FLOAT_DTYPES, device=x.device)
+
+
+def sampler_step(pred: torch.Tensor, x: torch.Tensor, noise: torch.Tensor, times: torch.Tensor,
+                 running: torch.Tensor, step: int, cfg: float, guided: bool,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """One Euler–Maruyama step; returns the new x ``[B, P, C]`` float32 (in ``out`` when given; ``out`` may be
+    ``x`` for an in-place update).
+
+    pred: the head's x-prediction ``[m·B, P, C]`` for ``cat([x]*m)`` (conditional rows first when guided).
+    times: ``step_times(N, ...)`` ``[N + 1]`` float32; running: ``running_times(times)`` ``[N]`` float32; the step
+    uses ``t = running[step]`` and ``dt = times[step + 1] − times[step]``, both read on the device.
+    """
+    kernel = "sampler_step"
+    _check_flags(kernel, cfg, guided)
+    _check_pred_and_x(kernel, pred, x, guided)
+    check_tensor(kernel, "noise", noise, shape=tuple(x.shape), dtype=torch.float32, device=x.device)
+    check_tensor(kernel, "times", times, shape=(None,), dtype=torch.float32, device=x.device)
+    num_steps = times.shape[0] - 1
+    check_tensor(kernel, "running", running, shape=(num_steps,), dtype=torch.float32, device=x.device)
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < num_steps:
+        raise ValueError(f"{kernel}: step is {step!r}, expected a Python int in [0, {num_steps}) for "
+                         f"{num_steps} sampling steps")
+    if out is None:
+        out = torch.empty_like(x)
+    else:
+        check_tensor(kernel, "out", out, shape=tuple(x.shape), dtype=torch.float32, device=x.device)
+    n = x.numel()
+    if n:
+        _sampler_step_kernel[(triton.cdiv(n, BLOCK),)](
+            pred, x, noise, times, running, out, step, float(cfg), n, GUIDED=guided, BLOCK=BLOCK,
+            num_warps=NUM_WARPS, enable_fp_fusion=False)
+    return out
+
+
+def sampler_final(pred: torch.Tensor, x: torch.Tensor, cfg: float, guided: bool,
+                  last_step_size: float = LAST_STEP_SIZE, tokens_out: torch.Tensor | None = None,
+                  packed_out: torch.Tensor | None = None, *, tokens_dtype: torch.dtype | None = None,
+                  pack: bool = False, sample_out: torch.Tensor | None = None,
+                  keep_sample: bool = False) -> FinalTokens:
+    """The last Euler step ``x + v·last_step_size`` (v at ``t = 1 − last_step_size``), then ``sign``.
+
+    pred ``[m·B, P, C]``, x ``[B, P, C]`` float32 as in ``sampler_step``. Writes tokens ``[m·B, P, C]`` (±1, and 0
+    for an exact 0.0 sample) in ``tokens_dtype`` (default: pred's dtype; float32, bfloat16 or float16); with
+    ``pack`` (or a ``packed_out``) the int32 words ``[m·B, P, C / 32]`` (C a multiple of 32; a 0 token packs as
+    −1); with ``keep_sample`` (or a ``sample_out``) the float32 sample ``[B, P, C]``.
+    """
+    kernel = "sampler_final"
+    _check_flags(kernel, cfg, guided)
+    _check_pred_and_x(kernel, pred, x, guided)
+    if isinstance(last_step_size, bool) or not isinstance(last_step_size, (int, float)) or \
+            not 0.0 < last_step_size <= 1.0:
+        raise ValueError(f"{kernel}: last_step_size is {last_step_size!r}, expected a float in (0, 1]")
+    shape = tuple(pred.shape)
+    if tokens_out is None:
+        dtype = pred.dtype if tokens_dtype is None else tokens_dtype
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{kernel}: tokens_dtype is {dtype}, expected one of "
+                             f"{', '.join(map(str, FLOAT_DTYPES))}")
+        tokens_out = torch.empty(shape, dtype=dtype, device=x.device)
+    else:
+        check_tensor(kernel, "tokens_out", tokens_out, shape=shape, dtype=FLOAT_DTYPES, device=x.device)
+    pack = pack or packed_out is not None
+    if pack:
+        channels = shape[-1]
+        if channels % BITS_PER_WORD:
+            raise ValueError(f"{kernel}: packing needs a channel count that is a multiple of {BITS_PER_WORD}, "
+                             f"got C = {channels}; pass pack=False and no packed_out")
+        words_shape = (*shape[:-1], channels // BITS_PER_WORD)
+        if packed_out is None:
+            packed_out = torch.empty(words_shape, dtype=torch.int32, device=x.device)
+        else:
+            check_tensor(kernel, "packed_out", packed_out, shape=words_shape, dtype=torch.int32, device=x.device)
+    keep_sample = keep_sample or sample_out is not None
+    if keep_sample:
+        if sample_out is None:
+            sample_out = torch.empty_like(x)
+        else:
+            check_tensor(kernel, "sample_out", sample_out, shape=tuple(x.shape), dtype=torch.float32,
+                         device=x.device)
+    n = x.numel()
+    if n:
+        _sampler_final_kernel[(triton.cdiv(n, BLOCK_WORDS * BITS_PER_WORD),)](
+            pred, x, tokens_out, packed_out if pack else tokens_out, sample_out if keep_sample else tokens_out,
+            1.0 - last_step_size, float(last_step_size), float(cfg), n, GUIDED=guided, PACK=pack,
+            KEEP_SAMPLE=keep_sample, BLOCK_WORDS=BLOCK_WORDS, num_warps=NUM_WARPS, enable_fp_fusion=False)
+    return FinalTokens(tokens_out, packed_out if pack else None, sample_out if keep_sample else None)
