@@ -1,5 +1,19 @@
 """Hand-written Triton kernels of bitdance-rt, importable as ``bitdance_rt.kernels``.
 
-Each kernel will sit here beside the PyTorch reference function it must equal (``bitdance_rt.reference``).
-None is implemented yet: the runtime's only backend is ``"reference"``.
+Each module holds the kernel(s), a launcher that checks its arguments, and ``REFERENCE``: the PyTorch function
+in ``bitdance_rt.reference`` it must equal (tests/kernels compare them on random inputs; bench/ times them).
+
+| module | computes | reference |
+|---|---|---|
+| ``block_attention`` | block-causal attention over a static KV cache: decode (P queries of a new block vs the cache plus the block, per-row device lengths, GQA packed into M, optional key splits) and prefill (causal prefix, then blocks of P, ragged rows) | ``reference.attention.masked_attention`` |
+| ``kv_append`` | q/k per-head RMSNorm + rotate-half RoPE (T2I) or interleaved 2-D RoPE (class-conditional), K/V written into the cache at each row's length, q returned in attention layout | ``reference.pre_attention`` |
+| ``rmsnorm_residual`` | residual add + RMSNorm (HF or torch rounding) in one pass | ``reference.pre_attention.rmsnorm_residual_reference`` |
+| ``layernorm_modulate`` | LayerNorm + adaLN ``x·(1+scale)+shift`` | ``reference.head_ops.layernorm_modulate_ref`` |
+| ``gated_residual`` | ``x + h·gate`` | ``reference.head_ops.gated_residual_ref`` |
+| ``swiglu`` | ``silu(a)·b`` | ``reference.head_ops.swiglu_ref`` |
+| ``patch_attention`` | the head's self-attention over the P ≤ 64 tokens of a patch, one program per (row, head) | ``reference.head_ops.patch_attention_ref`` |
+| ``sampler_step`` | one Euler–Maruyama step from the head's output (velocity, guidance, score, drift, noise); the last Euler step with sign and bit packing | ``reference.sampler.step_from_prediction`` |
+| ``token_packing`` | sign quantization, ±1 ↔ packed 32-bit words | ``reference.token_packing`` |
+
+Importing this package imports nothing; import the module you need (it imports Triton).
 """
