@@ -91,3 +91,14 @@ def check_labels(class_labels) -> list[int]:
         if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c < NUM_CLASSES:
             raise InvalidRequestError(f"class_labels[{i}] = {c!r} is not an ImageNet class id in 0..{NUM_CLASSES - 1}.")
     return [int(c) for c in labels]
+
+
+def row_generators(sampling: Sampling, rows: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per image row for the engine, so a row's noise does not depend on its batch neighbours:
+    row r of a call with seed s uses seed ``s + r``; with a caller's generator, each row's seed is drawn from it."""
+    if sampling.seed is not None:
+        seeds = [sampling.seed + r for r in range(rows)]
+    else:
+        seeds = torch.randint(0, 2 ** 62, (rows,), generator=sampling.generator,
+                              device=sampling.generator.device).tolist()
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]

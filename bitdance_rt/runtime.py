@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .backends import build_engine, resolve_backend
 from .devices import resolve_device, resolve_dtype
 from .errors import CheckpointError, InvalidRequestError
 from .loading.c2i_checkpoint import C2IModel, load_c2i
@@ -22,10 +23,9 @@ from .pipelines.c2i_generate import generate_c2i_tokens
 from .pipelines.t2i_generate import generate_t2i_tokens
 from .reference.patch_order import from_patch_raster
 from .reference.sampler import generator_noise
-from .requests import Sampling, check_labels, check_prompts, check_sampling, check_size
+from .requests import Sampling, check_labels, check_prompts, check_sampling, check_size, row_generators
 from .sizes import C2I_SIZE, check_t2i_size, token_grid
 
-BACKENDS = ("reference",)
 T2I_DEFAULTS = {"height": 1024, "width": 1024, "num_sampling_steps": 50, "guidance_scale": 7.5}
 C2I_STEPS = 100
 # the release's sampling flags, by (width, layers, P); other shapes fall back to C2I_GUIDANCE_FALLBACK
@@ -42,18 +42,18 @@ class Runtime:
         self.dtype = dtype
         self.backend = backend
         self.family = "t2i" if isinstance(model, T2IModel) else "c2i"
+        self.engine = build_engine(model) if backend == "triton" else None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None,
-                        dtype: torch.dtype | str | None = None, backend: str = "reference",
+                        dtype: torch.dtype | str | None = None, backend: str = "auto",
                         tokenizer_path: str | Path | None = None, trust_pickle: bool = False) -> "Runtime":
         """Load a model. ``path``: a text-to-image directory or a class-conditional checkpoint file;
-        ``tokenizer_path``: the class-conditional tokenizer file (``ae_d16c32.pt``)."""
-        if backend not in BACKENDS:
-            raise InvalidRequestError(f"backend={backend!r} is not available in this build; available: "
-                                      f"{', '.join(BACKENDS)}.")
+        ``tokenizer_path``: the class-conditional tokenizer file (``ae_d16c32.pt``); ``backend``: ``"auto"``
+        (Triton engine on CUDA, reference elsewhere), ``"reference"`` or ``"triton"`` (see ``backends.py``)."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
+        backend = resolve_backend(backend, dev)
         path = Path(path)
         if not path.exists():
             raise CheckpointError(f"{path} does not exist; pass a text-to-image model directory or a "
@@ -139,13 +139,23 @@ class Runtime:
         timings: dict[str, float] = {}
         with torch.no_grad(), _progress_bar(progress, s) as report:
             t0 = time.perf_counter()
-            noise = generator_noise(s.generator, self.device)
-            if self.family == "t2i":
-                tokens = generate_t2i_tokens(self.model, prompts, negatives, s.num_images, grid, s.num_steps,
-                                             s.guidance, noise, report)
+            if self.engine is None:
+                noise = generator_noise(s.generator, self.device)
+                if self.family == "t2i":
+                    tokens = generate_t2i_tokens(self.model, prompts, negatives, s.num_images, grid, s.num_steps,
+                                                 s.guidance, noise, report)
+                else:
+                    rows = [c for c in labels for _ in range(s.num_images)]
+                    tokens = generate_c2i_tokens(self.model, rows, s.num_steps, s.guidance, noise, report)
             else:
-                rows = [c for c in labels for _ in range(s.num_images)]
-                tokens = generate_c2i_tokens(self.model, rows, s.num_steps, s.guidance, noise, report)
+                count = (len(prompts) if self.family == "t2i" else len(labels)) * s.num_images
+                gens = row_generators(s, count, self.device)
+                if self.family == "t2i":
+                    tokens = self.engine.generate_tokens(prompts, negatives, s.num_images, grid, s.num_steps,
+                                                         s.guidance, gens, report)
+                else:
+                    rows = [c for c in labels for _ in range(s.num_images)]
+                    tokens = self.engine.generate_tokens(rows, s.num_steps, s.guidance, gens, report)
             timings["tokens_s"] = time.perf_counter() - t0
             images = None
             if s.output_type != "tokens":

@@ -5,8 +5,9 @@ or both ``None`` (the final layer's affine-free norm). ``scale`` and ``shift`` (
 views, e.g. chunks of one adaLN output ``[N, 6D]``; only their channel stride must be 1. Dtypes: float32, bfloat16
 or float16, all tensors alike; statistics and arithmetic in float32, one rounding at the store.
 
-One program per row holds the whole row in registers: x is read once, the two-pass mean/variance come from
-registers, D is limited to ``MAX_WIDTH``.
+A program holds whole rows in registers (``BLOCK_M`` of them when rows are narrow, so narrow heads do not pay one
+launch slot per token): x is read once, the two-pass mean/variance come from registers, D is limited to
+``MAX_WIDTH``.
 """
 
 from __future__ import annotations
@@ -22,29 +23,29 @@ REFERENCE = layernorm_modulate_ref
 KERNEL = "layernorm_modulate"
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_WIDTH = 16384
+ROW_TILE_ELEMENTS = 4096  # rows of at most this many padded channels are processed several per program
 
 
 @triton.jit
 def _layernorm_modulate_kernel(x_ptr, scale_ptr, shift_ptr, weight_ptr, bias_ptr, out_ptr,
-                               x_row_stride, scale_row_stride, shift_row_stride, out_row_stride, width, eps,
-                               AFFINE: tl.constexpr, BLOCK_D: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK_D)
-    in_row = cols < width
-    x = tl.load(x_ptr + row * x_row_stride + cols, mask=in_row, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / width
-    centred = tl.where(in_row, x - mean, 0.0)
-    var = tl.sum(centred * centred, axis=0) / width
+                               x_row_stride, scale_row_stride, shift_row_stride, out_row_stride, rows, width, eps,
+                               AFFINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None]
+    cols = tl.arange(0, BLOCK_D)[None, :]
+    inside = (row < rows) & (cols < width)
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=inside, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1)[:, None] / width
+    centred = tl.where(inside, x - mean, 0.0)
+    var = tl.sum(centred * centred, axis=1)[:, None] / width
     normed = centred * tl.rsqrt(var + eps)
     if AFFINE:
-        weight = tl.load(weight_ptr + cols, mask=in_row, other=0.0).to(tl.float32)
-        bias = tl.load(bias_ptr + cols, mask=in_row, other=0.0).to(tl.float32)
+        weight = tl.load(weight_ptr + cols, mask=cols < width, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + cols, mask=cols < width, other=0.0).to(tl.float32)
         normed = normed * weight + bias
-    scale = tl.load(scale_ptr + row * scale_row_stride + cols, mask=in_row, other=0.0).to(tl.float32)
-    shift = tl.load(shift_ptr + row * shift_row_stride + cols, mask=in_row, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + row * scale_row_stride + cols, mask=inside, other=0.0).to(tl.float32)
+    shift = tl.load(shift_ptr + row * shift_row_stride + cols, mask=inside, other=0.0).to(tl.float32)
     out = normed * (1.0 + scale) + shift
-    tl.store(out_ptr + row * out_row_stride + cols, out.to(out_ptr.dtype.element_ty), mask=in_row)
-
+    tl.store(out_ptr + row * out_row_stride + cols, out.to(out_ptr.dtype.element_ty), mask=inside)
 
 
 def _num_warps(block: int) -> int:
@@ -76,8 +77,9 @@ def layernorm_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
     if rows == 0:
         return out
     block = triton.next_power_of_2(width)
-    _layernorm_modulate_kernel[(rows,)](
+    block_m = max(1, min(16, ROW_TILE_ELEMENTS // block))
+    _layernorm_modulate_kernel[(triton.cdiv(rows, block_m),)](
         x, scale, shift, x if weight is None else weight, x if bias is None else bias, out,
-        x.stride(0), scale.stride(0), shift.stride(0), out.stride(0), width, float(eps),
-        AFFINE=weight is not None, BLOCK_D=block, num_warps=_num_warps(block))
+        x.stride(0), scale.stride(0), shift.stride(0), out.stride(0), rows, width, float(eps),
+        AFFINE=weight is not None, BLOCK_M=block_m, BLOCK_D=block, num_warps=_num_warps(block * block_m))
     return out

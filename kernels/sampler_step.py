@@ -39,20 +39,21 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg, GUIDED: tl.constexpr):
-    """Velocity of the conditional rows ``pred[offs]`` (guided with the unconditional rows ``pred[n + offs]``)."""
+def guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg_ptr, GUIDED: tl.constexpr):
+    """Velocity of the conditional rows ``pred[offs]`` (guided with the unconditional rows ``pred[n + offs]``; the
+    scale is read on the device, so a captured graph serves every AR step of a guidance schedule)."""
     denom = tl.maximum(one_minus_t, MIN_DENOM)
     pred = tl.load(pred_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     v = tl.math.div_rn(pred - x, denom)
     if GUIDED:
         pred_u = tl.load(pred_ptr + n + offs, mask=mask, other=0.0).to(tl.float32)
         v_u = tl.math.div_rn(pred_u - x, denom)
-        v = v_u + cfg * (v - v_u)
+        v = v_u + tl.load(cfg_ptr) * (v - v_u)
     return v
 
 
 @triton.jit(do_not_specialize=["step"])
-def _sampler_step_kernel(pred_ptr, x_ptr, noise_ptr, times_ptr, running_ptr, out_ptr, step, cfg, n,
+def _sampler_step_kernel(pred_ptr, x_ptr, noise_ptr, times_ptr, running_ptr, out_ptr, step, cfg_ptr, n,
                          GUIDED: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -61,7 +62,7 @@ def _sampler_step_kernel(pred_ptr, x_ptr, noise_ptr, times_ptr, running_ptr, out
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     noise = tl.load(noise_ptr + offs, mask=mask, other=0.0)
     sigma = 1.0 - t
-    v = guided_velocity_of(pred_ptr, offs, mask, x, sigma, n, cfg, GUIDED)
+    v = guided_velocity_of(pred_ptr, offs, mask, x, sigma, n, cfg_ptr, GUIDED)
     var = sigma * sigma - (t * -1.0) * sigma
     score = tl.math.div_rn(t * v - x, var)
     drift = v + sigma * score
@@ -70,7 +71,7 @@ def _sampler_step_kernel(pred_ptr, x_ptr, noise_ptr, times_ptr, running_ptr, out
 
 
 @triton.jit
-def _sampler_final_kernel(pred_ptr, x_ptr, tokens_ptr, words_ptr, sample_ptr, t_last, step_size, cfg, n,
+def _sampler_final_kernel(pred_ptr, x_ptr, tokens_ptr, words_ptr, sample_ptr, t_last, step_size, cfg_ptr, n,
                           GUIDED: tl.constexpr, PACK: tl.constexpr, KEEP_SAMPLE: tl.constexpr,
                           BLOCK_WORDS: tl.constexpr):
     word = tl.program_id(0).to(tl.int64) * BLOCK_WORDS + tl.arange(0, BLOCK_WORDS)
@@ -80,7 +81,7 @@ def _sampler_final_kernel(pred_ptr, x_ptr, tokens_ptr, words_ptr, sample_ptr, t_
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     # cast first: in the interpreter a float argument is a Python float, and 1.0 - t_last would round in float64
     one_minus_t = 1.0 - tl.cast(t_last, tl.float32)
-    v = guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg, GUIDED)
+    v = guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg_ptr, GUIDED)
     sample = x + v * step_size
     tokens = sign_of(sample).to(tokens_ptr.dtype.element_ty)
     tl.store(tokens_ptr + offs, tokens, mask=mask)
@@ -105,11 +106,17 @@ class FinalTokens(NamedTuple):
     sample: torch.Tensor | None
 
 
-def _check_flags(kernel: str, cfg: float, guided: bool) -> None:
+def _check_flags(kernel: str, cfg: float | torch.Tensor, guided: bool, device: torch.device) -> torch.Tensor:
+    """The guidance scale as the float32 device tensor ``[1]`` the kernels read."""
     if not isinstance(guided, bool):
         raise TypeError(f"{kernel}: guided must be a bool, got {type(guided).__name__}")
+    if isinstance(cfg, torch.Tensor):
+        check_tensor(kernel, "cfg", cfg.reshape(-1), shape=(1,), dtype=torch.float32, device=device)
+        return cfg
     if isinstance(cfg, bool) or not isinstance(cfg, (int, float)):
-        raise TypeError(f"{kernel}: cfg must be a Python float, got {type(cfg).__name__}")
+        raise TypeError(f"{kernel}: cfg must be a Python float or a float32 device tensor of one element, got "
+                        f"{type(cfg).__name__}")
+    return torch.full((1,), float(cfg), dtype=torch.float32, device=device)
 
 
 def _check_pred_and_x(kernel: str, pred: torch.Tensor, x: torch.Tensor, guided: bool) -> None:
@@ -120,7 +127,7 @@ def _check_pred_and_x(kernel: str, pred: torch.Tensor, x: torch.Tensor, guided: 
 
 
 def sampler_step(pred: torch.Tensor, x: torch.Tensor, noise: torch.Tensor, times: torch.Tensor,
-                 running: torch.Tensor, step: int, cfg: float, guided: bool,
+                 running: torch.Tensor, step: int, cfg: float | torch.Tensor, guided: bool,
                  out: torch.Tensor | None = None) -> torch.Tensor:
     """One Euler–Maruyama step; returns the new x ``[B, P, C]`` float32 (in ``out`` when given; ``out`` may be
     ``x`` for an in-place update).
@@ -130,8 +137,8 @@ def sampler_step(pred: torch.Tensor, x: torch.Tensor, noise: torch.Tensor, times
     uses ``t = running[step]`` and ``dt = times[step + 1] − times[step]``, both read on the device.
     """
     kernel = "sampler_step"
-    _check_flags(kernel, cfg, guided)
     _check_pred_and_x(kernel, pred, x, guided)
+    cfg = _check_flags(kernel, cfg, guided, x.device)
     check_tensor(kernel, "noise", noise, shape=tuple(x.shape), dtype=torch.float32, device=x.device)
     check_tensor(kernel, "times", times, shape=(None,), dtype=torch.float32, device=x.device)
     num_steps = times.shape[0] - 1
@@ -146,12 +153,12 @@ def sampler_step(pred: torch.Tensor, x: torch.Tensor, noise: torch.Tensor, times
     n = x.numel()
     if n:
         _sampler_step_kernel[(triton.cdiv(n, BLOCK),)](
-            pred, x, noise, times, running, out, step, float(cfg), n, GUIDED=guided, BLOCK=BLOCK,
+            pred, x, noise, times, running, out, step, cfg, n, GUIDED=guided, BLOCK=BLOCK,
             num_warps=NUM_WARPS, enable_fp_fusion=False)
     return out
 
 
-def sampler_final(pred: torch.Tensor, x: torch.Tensor, cfg: float, guided: bool,
+def sampler_final(pred: torch.Tensor, x: torch.Tensor, cfg: float | torch.Tensor, guided: bool,
                   last_step_size: float = LAST_STEP_SIZE, tokens_out: torch.Tensor | None = None,
                   packed_out: torch.Tensor | None = None, *, tokens_dtype: torch.dtype | None = None,
                   pack: bool = False, sample_out: torch.Tensor | None = None,
@@ -164,8 +171,8 @@ def sampler_final(pred: torch.Tensor, x: torch.Tensor, cfg: float, guided: bool,
     −1); with ``keep_sample`` (or a ``sample_out``) the float32 sample ``[B, P, C]``.
     """
     kernel = "sampler_final"
-    _check_flags(kernel, cfg, guided)
     _check_pred_and_x(kernel, pred, x, guided)
+    cfg = _check_flags(kernel, cfg, guided, x.device)
     if isinstance(last_step_size, bool) or not isinstance(last_step_size, (int, float)) or \
             not 0.0 < last_step_size <= 1.0:
         raise ValueError(f"{kernel}: last_step_size is {last_step_size!r}, expected a float in (0, 1]")
@@ -200,6 +207,6 @@ def sampler_final(pred: torch.Tensor, x: torch.Tensor, cfg: float, guided: bool,
     if n:
         _sampler_final_kernel[(triton.cdiv(n, BLOCK_WORDS * BITS_PER_WORD),)](
             pred, x, tokens_out, packed_out if pack else tokens_out, sample_out if keep_sample else tokens_out,
-            1.0 - last_step_size, float(last_step_size), float(cfg), n, GUIDED=guided, PACK=pack,
+            1.0 - last_step_size, float(last_step_size), cfg, n, GUIDED=guided, PACK=pack,
             KEEP_SAMPLE=keep_sample, BLOCK_WORDS=BLOCK_WORDS, num_warps=NUM_WARPS, enable_fp_fusion=False)
     return FinalTokens(tokens_out, packed_out if pack else None, sample_out if keep_sample else None)

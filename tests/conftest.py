@@ -8,11 +8,19 @@ change them. Tests that damage files work on a fresh copy (``t2i_copy``).
 
 from __future__ import annotations
 
+import os
+
+import torch
+
+# Without CUDA, Triton kernels run through Triton's interpreter. The variable must be set before any module defining
+# a @triton.jit kernel is imported (kernel tests, the engine), hence here, before collection.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from bitdance_rt.runtime import Runtime
 from bitdance_rt.tiny_models import write_tiny_c2i, write_tiny_t2i

@@ -476,6 +476,12 @@ def test_unknown_dtype(t2i64_dir: Path, dtype):
         Runtime.from_pretrained(t2i64_dir, device="cpu", dtype=dtype)
 
 
-def test_triton_backend_not_available_yet(t2i64_dir: Path):
-    with raises(InvalidRequestError, "'triton'", "reference"):
+def test_unknown_backend(t2i64_dir: Path):
+    with raises(InvalidRequestError, "'cuda-graphs'", "reference", "triton"):
+        Runtime.from_pretrained(t2i64_dir, device="cpu", backend="cuda-graphs")
+
+
+def test_triton_backend_on_cpu_needs_the_interpreter(t2i64_dir: Path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with raises(UnsupportedDeviceError, "TRITON_INTERPRET=1", "backend='reference'"):
         Runtime.from_pretrained(t2i64_dir, device="cpu", backend="triton")

@@ -1,4 +1,4 @@
-"""Helpers every kernel test uses (Triton's interpreter on the CPU, set up by conftest.py; the compiler on a GPU).
+"""Helpers every kernel test uses (Triton's interpreter on the CPU, set up by tests/conftest.py; the compiler on a GPU).
 
 Fresh random inputs from a seeded generator (never zeros), outputs poisoned with NaN before the launch (so an
 element the kernel never writes fails), a relative-error check against a float64 reference that fails on any NaN,

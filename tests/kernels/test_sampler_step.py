@@ -263,8 +263,13 @@ def test_step_argument_errors():
             sampler_step(pred, x, noise, times, running, bad_step, 2.0, True)
     with pytest.raises(TypeError, match="sampler_step: guided must be a bool"):
         sampler_step(pred, x, noise, times, running, 0, 2.0, 1)
-    with pytest.raises(TypeError, match="sampler_step: cfg must be a Python float"):
-        sampler_step(pred, x, noise, times, running, 0, torch.tensor(2.0), True)
+    with pytest.raises(TypeError, match="sampler_step: cfg must be a Python float or a float32 device tensor"):
+        sampler_step(pred, x, noise, times, running, 0, "2.0", True)
+    with pytest.raises(ValueError, match="sampler_step: cfg has dtype torch.float64"):
+        sampler_step(pred, x, noise, times, running, 0, torch.tensor(2.0, dtype=torch.float64), True)
+    # a device tensor scale (what a captured graph reads) equals the Python float
+    assert torch.equal(sampler_step(pred, x, noise, times, running, 0, torch.tensor([2.0], device=x.device), True),
+                       sampler_step(pred, x, noise, times, running, 0, 2.0, True))
     with pytest.raises(ValueError, match="sampler_step: x must be contiguous"):
         sampler_step(pred, x.transpose(1, 2).contiguous().transpose(1, 2), noise, times, running, 0, 2.0, True)
     with pytest.raises(ValueError, match="sampler_step: out has dtype torch.bfloat16"):

@@ -1,0 +1,119 @@
+"""The diffusion head's whole sampling loop for one AR step, on the Triton kernels.
+
+Work hoisted out of the loop:
+- per model and step count: the time embeddings ``time_embed(t)`` of all N running times and the final time
+  (``[N + 1, D]``), and the times tables the sampler kernel reads;
+- per AR step: ``cond_embed(c)`` (once, not once per sampling step);
+- per model: all adaLN linears of the head and the final layer's modulation stacked into one matrix, so one GEMM
+  per sampling step makes every block's scale/shift/gate.
+Per sampling step: ``input_proj`` of the conditional half only (both halves see the same x), the blocks through
+``layernorm_modulate`` / ``patch_attention`` / ``gated_residual`` / ``swiglu`` with torch matmuls for the linears,
+the final layer, then ``sampler_step`` (velocity, guidance, score, drift, noise) in one kernel; the last step is
+``sampler_final`` (Euler step and sign). Shapes: conditioning ``[rows, P, C_cond]``, noise ``[N + 1, rows/m, P, C]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels.gated_residual import gated_residual
+from ..kernels.layernorm_modulate import layernorm_modulate
+from ..kernels.patch_attention import patch_attention
+from ..kernels.sampler_step import sampler_final, sampler_step
+from ..kernels.swiglu import swiglu
+from ..reference.diffusion_head import LN_EPS, DiffusionHead
+from .fused_weights import fuse_linears
+from ..reference.sampler import LAST_STEP_SIZE, running_times, step_times
+
+
+@dataclass
+class StepTimes:
+    """Everything that depends only on the step count: times, running times, time embeddings ``[N + 1, D]``."""
+    times: torch.Tensor
+    running: torch.Tensor
+    embeddings: torch.Tensor
+
+
+class FusedHead:
+    def __init__(self, head: DiffusionHead):
+        self.head = head
+        cfg = head.cfg
+        self.cfg = cfg
+        self.mods_per_block = 6 if cfg.block_kind == "trans" else 3
+        self.adaln_weight, self.adaln_bias = fuse_linears([*head.ada_ln_blocks, head.final_layer.ada_ln_modulation])
+        self._times: dict[int, StepTimes] = {}
+
+    def step_times(self, num_steps: int) -> StepTimes:
+        if num_steps not in self._times:
+            w = self.head.final_layer.linear.weight
+            times = step_times(num_steps, self.cfg.time_shift, w.device)
+            running = running_times(times)
+            all_t = torch.cat([running, torch.full((1,), 1 - LAST_STEP_SIZE, device=w.device)])
+            self._times[num_steps] = StepTimes(times, running, self.head.time_embed(all_t).to(w.dtype))
+        return self._times[num_steps]
+
+    def modulations(self, y: torch.Tensor) -> tuple[list[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
+        """One GEMM for every adaLN linear: per adaLN linear its chunks, and the final layer's (scale, shift)."""
+        d = self.cfg.width
+        mods = F.linear(y, self.adaln_weight, self.adaln_bias)  # [N, (n·k + 2)·D]
+        per = self.mods_per_block * d
+        blocks = [tuple(mods[:, k * per + j * d:k * per + (j + 1) * d] for j in range(self.mods_per_block))
+                  for k in range(self.cfg.num_adaln)]
+        base = self.cfg.num_adaln * per
+        return blocks, (mods[:, base:base + d], mods[:, base + d:base + 2 * d])
+
+    def forward(self, x_half: torch.Tensor, y: torch.Tensor, mult: int) -> torch.Tensor:
+        """The head's prediction for ``cat([x_half]*mult)``: x_half ``[B, P, C]`` float32, y ``[mult·B·P, D]``."""
+        head, cfg = self.head, self.cfg
+        b, p, _ = x_half.shape
+        dtype = head.input_proj.weight.dtype
+        x = head.input_proj(x_half.to(dtype)).reshape(b * p, cfg.width)
+        x = x.repeat(mult, 1) if mult > 1 else x.contiguous()
+        block_mods, (f_scale, f_shift) = self.modulations(y)
+        for i, blk in enumerate(head.res_blocks):
+            mod = block_mods[i // cfg.adaln_every]
+            if cfg.block_kind == "trans":
+                x = self._trans_block(blk, x, mod, mult * b, p)
+            else:
+                scale, shift, gate = mod
+                h = layernorm_modulate(x, scale, shift, blk.norm.weight, blk.norm.bias, LN_EPS)
+                h = F.linear(swiglu(F.linear(h, blk.w1.weight, blk.w1.bias)), blk.w2.weight, blk.w2.bias)
+                x = gated_residual(x, h, gate, out=x)
+        h = layernorm_modulate(x, f_scale, f_shift, None, None, LN_EPS)
+        out = head.final_layer.linear(h).reshape(mult * b, p, cfg.token_channels)
+        return 2 * torch.sigmoid(out) - 1 if cfg.sigmoid_output else out
+
+    def _trans_block(self, blk, x: torch.Tensor, mod, rows: int, p: int) -> torch.Tensor:
+        cfg = self.cfg
+        scale1, shift1, gate1, scale2, shift2, gate2 = mod
+        h = layernorm_modulate(x, scale1, shift1, blk.norm1.weight, blk.norm1.bias, LN_EPS)
+        qkv = F.linear(h, blk.attn.wqkv.weight, blk.attn.wqkv.bias).reshape(rows, p, 3 * cfg.width)
+        att = patch_attention(qkv, cfg.attn_head_dim).reshape(rows * p, cfg.width)
+        x = gated_residual(x, F.linear(att, blk.attn.wo.weight, blk.attn.wo.bias), gate1, out=x)
+        h = layernorm_modulate(x, scale2, shift2, blk.norm2.weight, blk.norm2.bias, LN_EPS)
+        if cfg.use_swiglu:
+            h = F.linear(swiglu(F.linear(h, blk.w1.weight, blk.w1.bias)), blk.w2.weight, blk.w2.bias)
+        else:
+            h = blk.mlp(h)
+        return gated_residual(x, h, gate2, out=x)
+
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor, cfg_scale: float, guided: bool,
+               times: StepTimes) -> torch.Tensor:
+        """Tokens ``[rows, P, C]`` (sign of the final sample, both halves equal when guided) for conditioning
+        ``cond [rows, P, C_cond]`` and noise ``[N + 1, rows/m, P, C]`` (entry 0: the start sample)."""
+        mult = 2 if guided else 1
+        rows, p, _ = cond.shape
+        dtype = self.head.input_proj.weight.dtype
+        c_emb = self.head.cond_embed(cond.to(dtype)).reshape(rows * p, self.cfg.width)
+        x = noise[0].clone()
+        num_steps = noise.shape[0] - 1
+        for i in range(num_steps):
+            y = F.silu(c_emb + times.embeddings[i])
+            pred = self.forward(x, y, mult)
+            x = sampler_step(pred, x, noise[i + 1], times.times, times.running, i, cfg_scale, guided, out=x)
+        y = F.silu(c_emb + times.embeddings[num_steps])
+        pred = self.forward(x, y, mult)
+        return sampler_final(pred, x, cfg_scale, guided).tokens
