@@ -4,6 +4,9 @@ Shapes: ``x, h, gate, out [N, D]`` (N tokens, D channels). Every operand may be 
 typically a chunk of one adaLN output ``[N, 6D]``); only the channel stride must be 1. ``out`` may be ``x`` itself
 (the residual stream updated in place): each element is read before it is written by the same program. Dtypes:
 float32, bfloat16 or float16, all tensors alike; arithmetic in float32, one rounding at the store.
+
+A program handles a ``[BLOCK_M, BLOCK_D]`` tile: up to ``MAX_BLOCK`` columns and, when rows are narrow, several
+rows (about ``TILE_ELEMENTS`` elements), so narrow heads do not pay one launch slot per token.
 """
 
 from __future__ import annotations
@@ -18,20 +21,20 @@ from bitdance_rt.reference.head_ops import gated_residual_ref
 REFERENCE = gated_residual_ref
 KERNEL = "gated_residual"
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-MAX_BLOCK = 1024
+MAX_BLOCK = 1024  # columns of one tile at most
+TILE_ELEMENTS = 4096  # rows x columns of one tile at most
 
 
 @triton.jit
 def _gated_residual_kernel(x_ptr, h_ptr, gate_ptr, out_ptr, x_row_stride, h_row_stride, gate_row_stride,
-                           out_row_stride, width, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    in_row = cols < width
-    x = tl.load(x_ptr + row * x_row_stride + cols, mask=in_row, other=0.0).to(tl.float32)
-    h = tl.load(h_ptr + row * h_row_stride + cols, mask=in_row, other=0.0).to(tl.float32)
-    gate = tl.load(gate_ptr + row * gate_row_stride + cols, mask=in_row, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * out_row_stride + cols, (x + h * gate).to(out_ptr.dtype.element_ty), mask=in_row)
-
+                           out_row_stride, rows, width, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None]
+    cols = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D))[None, :]
+    inside = (row < rows) & (cols < width)
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=inside, other=0.0).to(tl.float32)
+    h = tl.load(h_ptr + row * h_row_stride + cols, mask=inside, other=0.0).to(tl.float32)
+    gate = tl.load(gate_ptr + row * gate_row_stride + cols, mask=inside, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * out_row_stride + cols, (x + h * gate).to(out_ptr.dtype.element_ty), mask=inside)
 
 
 def gated_residual(x: torch.Tensor, h: torch.Tensor, gate: torch.Tensor,
@@ -47,7 +50,10 @@ def gated_residual(x: torch.Tensor, h: torch.Tensor, gate: torch.Tensor,
         check_rows(KERNEL, "out", out, (rows, width), x.dtype, x.device)
     if rows == 0 or width == 0:
         return out
-    block = min(MAX_BLOCK, triton.next_power_of_2(width))
-    _gated_residual_kernel[(rows, triton.cdiv(width, block))](
-        x, h, gate, out, x.stride(0), h.stride(0), gate.stride(0), out.stride(0), width, BLOCK=block, num_warps=4)
+    block_d = min(MAX_BLOCK, triton.next_power_of_2(width))
+    block_m = max(1, min(16, TILE_ELEMENTS // block_d))
+    grid = (triton.cdiv(rows, block_m), triton.cdiv(width, block_d))
+    _gated_residual_kernel[grid](
+        x, h, gate, out, x.stride(0), h.stride(0), gate.stride(0), out.stride(0), rows, width,
+        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
     return out

@@ -3,6 +3,9 @@
 Shapes: ``ab [N, 2H]`` (the ``w1`` output: first H channels a, last H channels b; rows may be strided, channels
 contiguous) -> ``out [N, H]``. Dtypes: float32, bfloat16 or float16, alike; ``silu(a) = a / (1 + exp(−a))`` and the
 product in float32, one rounding at the store.
+
+A program handles a ``[BLOCK_M, BLOCK_D]`` tile of ``out``: up to ``MAX_BLOCK`` columns and, when rows are narrow,
+several rows (about ``TILE_ELEMENTS`` elements), so narrow heads do not pay one launch slot per token.
 """
 
 from __future__ import annotations
@@ -17,19 +20,20 @@ from bitdance_rt.reference.head_ops import swiglu_ref
 REFERENCE = swiglu_ref
 KERNEL = "swiglu"
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-MAX_BLOCK = 1024
+MAX_BLOCK = 1024  # columns of one tile at most
+TILE_ELEMENTS = 4096  # rows x columns of one tile at most
 
 
 @triton.jit
-def _swiglu_kernel(ab_ptr, out_ptr, ab_row_stride, out_row_stride, hidden, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    in_row = cols < hidden
-    a = tl.load(ab_ptr + row * ab_row_stride + cols, mask=in_row, other=0.0).to(tl.float32)
-    b = tl.load(ab_ptr + row * ab_row_stride + hidden + cols, mask=in_row, other=0.0).to(tl.float32)
+def _swiglu_kernel(ab_ptr, out_ptr, ab_row_stride, out_row_stride, rows, hidden, BLOCK_M: tl.constexpr,
+                   BLOCK_D: tl.constexpr):
+    row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None]
+    cols = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D))[None, :]
+    inside = (row < rows) & (cols < hidden)
+    a = tl.load(ab_ptr + row * ab_row_stride + cols, mask=inside, other=0.0).to(tl.float32)
+    b = tl.load(ab_ptr + row * ab_row_stride + hidden + cols, mask=inside, other=0.0).to(tl.float32)
     out = a / (1.0 + tl.exp(-a)) * b
-    tl.store(out_ptr + row * out_row_stride + cols, out.to(out_ptr.dtype.element_ty), mask=in_row)
-
+    tl.store(out_ptr + row * out_row_stride + cols, out.to(out_ptr.dtype.element_ty), mask=inside)
 
 
 def swiglu(ab: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -46,7 +50,8 @@ def swiglu(ab: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         check_rows(KERNEL, "out", out, (rows, hidden), ab.dtype, ab.device)
     if rows == 0 or hidden == 0:
         return out
-    block = min(MAX_BLOCK, triton.next_power_of_2(hidden))
-    _swiglu_kernel[(rows, triton.cdiv(hidden, block))](
-        ab, out, ab.stride(0), out.stride(0), hidden, BLOCK=block, num_warps=4)
+    block_d = min(MAX_BLOCK, triton.next_power_of_2(hidden))
+    block_m = max(1, min(16, TILE_ELEMENTS // block_d))
+    _swiglu_kernel[(triton.cdiv(rows, block_m), triton.cdiv(hidden, block_d))](
+        ab, out, ab.stride(0), out.stride(0), rows, hidden, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
     return out

@@ -5,7 +5,8 @@ ResBlock / FinalLayer forwards against the reference modules.
 Inputs are fresh seeded random tensors; modulation operands are strided chunks of one adaLN output ``[N, 6D]``
 (or ``[N, 3D]``), as the head produces them. Outputs are NaN-poisoned before each launch; where ``out`` is a view
 into a wider buffer, the columns outside it must stay NaN (no stray writes). Widths are not powers of two and
-cross the kernels' tiles (1024 columns for the elementwise kernels). Tolerance: relative error
+cross the kernels' tiles (1024 columns for the elementwise kernels, whose tiles also hold up to 16 narrow rows:
+row counts that are not multiples of the row tile are covered). Tolerance: relative error
 ``||out − ref|| / ||ref||`` below 1e-5 in float32 (measured ≤ 1e-6), 1e-2 in bf16 (GPU only).
 """
 
@@ -114,6 +115,22 @@ def test_gated_residual_in_place_and_strided_output():
     assert torch.equal(x, buffer[:, 5:])
 
 
+@pytest.mark.parametrize("rows,width", [(37, 200), (22, 1100), (1, 60)])
+def test_gated_residual_row_tiles(rows, width):
+    """Row tiles (16 rows of <= 256 columns, 4 of 1024): row counts that end inside a tile, ``out`` a view into a
+    buffer with spare columns and rows that must stay poisoned, then in place."""
+    x = randn(rows, width, seed=16)
+    h = randn(rows, width, seed=17)
+    gate = adaln_chunks(rows, width, 6, seed=18, dtype=torch.float32)[4]
+    expected = gated_residual_ref(f64(x), f64(h), f64(gate))
+    buffer = poisoned(rows + 3, width + 7)
+    gated_residual(x, h, gate, out=buffer[:rows, 7:])
+    assert_close(buffer[:rows, 7:], expected, FLOAT32_TOL)
+    assert buffer[:, :7].isnan().all() and buffer[rows:].isnan().all()
+    assert gated_residual(x, h, gate, out=x) is x
+    assert torch.equal(x, buffer[:rows, 7:])
+
+
 # ---------------------------------------------------------------- swiglu
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # the interpreter's exp(200)
@@ -133,6 +150,19 @@ def test_swiglu_strided_rows():
     got = swiglu(ab)
     assert got.shape == (ROWS, hidden)
     assert_close(got, swiglu_ref(f64(ab)), FLOAT32_TOL)
+
+
+@pytest.mark.parametrize("rows,hidden", [(37, 192), (9, 1500), (1, 24)])
+def test_swiglu_row_tiles(rows, hidden):
+    """Row tiles (16 rows of <= 256 columns; 4 rows of 1024 columns, two column tiles for H = 1500): row counts
+    that end inside a tile, ``ab`` row-strided, ``out`` a view into a buffer whose spare columns and rows stay
+    poisoned."""
+    ab = randn(rows, 2 * hidden + 5, seed=22, scale=3.0)[:, 5:]
+    buffer = poisoned(rows + 2, hidden + 3)
+    out = buffer[:rows, 3:]
+    assert swiglu(ab, out=out) is out
+    assert_close(buffer[:rows, 3:], swiglu_ref(f64(ab)), FLOAT32_TOL)
+    assert buffer[:, :3].isnan().all() and buffer[rows:].isnan().all()
 
 
 # ---------------------------------------------------------------- patch_attention

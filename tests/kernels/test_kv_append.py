@@ -151,10 +151,29 @@ def test_rope_append_interleaved(length, head_dim, starts, dtype):
 @pytest.mark.parametrize("q_heads,kv_heads,head_dim", [(40, 8, 128), (6, 3, 40), (4, 4, 64)],
                          ids=["14B-heads", "odd-heads-D40", "MHA"])
 def test_head_tiles(q_heads, kv_heads, head_dim, interleaved):
-    """40 heads cross the 16-head tiles of D = 128; 3 KV heads and D = 40 leave masked lanes in every tile;
-    three rows of different lengths."""
+    """3 rows x 3 tokens x 40 heads = 360 q rows cross the 32-row tiles of D = 128 (tiles span tokens and batch
+    rows); 3 KV heads and D = 40 leave masked lanes; three rows of different lengths."""
     starts = [C2I_PREFIX + 1, C2I_PREFIX - 2, C2I_PREFIX + 20]
     case = make_case(3, 3, q_heads, kv_heads, head_dim, starts, seed=q_heads, dtype=torch.float32,
+                     interleaved=interleaved)
+    check(case, interleaved, torch.float32)
+
+
+# the engine's tiny test models: one tile of (token, head) rows spans several tokens and batch rows of different
+# lengths; the last shape leaves the q and KV tiles partly masked
+ENGINE_SHAPES = [  # (B, T, Hq, Hkv, D, starts per row)
+    pytest.param(2, 64, 4, 2, 16, [0, 37], id="B2-T64-4q2kv-D16"),
+    pytest.param(4, 16, 1, 1, 64, [3, 0, 21, 8], id="B4-T16-1h-D64"),
+    pytest.param(3, 5, 6, 2, 16, [9, 0, 4], id="B3-T5-6q2kv-D16"),
+]
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["rotate_half", "interleaved"])
+@pytest.mark.parametrize("batch,length,q_heads,kv_heads,head_dim,starts", ENGINE_SHAPES)
+def test_row_tiles_span_tokens_and_rows(batch, length, q_heads, kv_heads, head_dim, starts, interleaved):
+    if interleaved:  # around the end of the zero-angle prefix
+        starts = [C2I_PREFIX - 4 + s for s in starts]
+    case = make_case(batch, length, q_heads, kv_heads, head_dim, starts, seed=200 + batch, dtype=torch.float32,
                      interleaved=interleaved)
     check(case, interleaved, torch.float32)
 
