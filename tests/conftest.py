@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import os
 
-import torch
+# Triton's interpreter runs tl.dot through NumPy; OpenBLAS's worker threads then keep spinning and starve torch's
+# own threads on a 2-core machine (seen: the reference tests ran 15x slower after any kernel test). One BLAS thread
+# for NumPy; torch keeps its threads. Must be set before NumPy is first imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import torch  # noqa: E402
 
 # Without CUDA, Triton kernels run through Triton's interpreter. The variable must be set before any module defining
 # a @triton.jit kernel is imported (kernel tests, the engine), hence here, before collection.
