@@ -63,3 +63,31 @@ def environment() -> dict[str, str]:
         commit = "unknown"
     return {"gpu": torch.cuda.get_device_name(), "driver": driver, "torch": torch.__version__,
             "triton": triton.__version__, "commit": commit}
+
+
+def cuda_randn(*shape: int, seed: int, dtype: torch.dtype = torch.bfloat16, scale: float = 1.0) -> torch.Tensor:
+    """Fresh standard normals on the GPU from a seeded generator, in ``dtype``."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float32).mul_(scale).to(dtype)
+
+
+def record_row(benchmark, ours, candidates: dict, bytes_moved: float, flops: float = 0.0, iters: int = 100) -> None:
+    """One benchmark row: CUDA-event times of ``ours`` and each candidate (``"reference"``, ``"sdpa"``,
+    ``"flash_attn"``, ...), the floor of the shape and our time over it (and over the best non-reference candidate)
+    into ``benchmark.extra_info`` with the environment; ``ours`` also through pytest-benchmark, each round
+    synchronised."""
+    floor = floor_seconds(bytes_moved=bytes_moved, flops=flops)
+    ours_s = time_cuda(ours, iters=iters)
+    times = {name: time_cuda(fn, iters=iters) for name, fn in candidates.items()}
+    benchmark.extra_info.update({
+        "floor_s": floor, "bytes": bytes_moved, "flops": flops, "ours_s": ours_s, "ours_over_floor": ours_s / floor,
+        **{f"{name}_s": t for name, t in times.items()}, **environment()})
+    others = [t for name, t in times.items() if name != "reference"]
+    if others:
+        benchmark.extra_info["ours_over_best_of_sdpa_flash"] = ours_s / min(others)
+
+    def synchronized():
+        ours()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(synchronized, rounds=50, warmup_rounds=5)

@@ -51,20 +51,7 @@ def decode_row(benchmark, rows: int, q_heads: int, kv_heads: int, head_dim: int,
     element = torch.finfo(DTYPE).bits // 8
     bytes_moved = (2 * rows * kv_heads * max_len * head_dim + 2 * rows * q_heads * block * head_dim) * element
     flops = 4 * rows * q_heads * block * max_len * head_dim
-    floor = floors.floor_seconds(bytes_moved=bytes_moved, flops=flops)
-    ours_s = floors.time_cuda(ours)
-    times = {name: floors.time_cuda(fn) for name, fn in candidates.items()}
-    fastest_other = min(t for name, t in times.items() if name != "reference")
-    benchmark.extra_info.update({
-        "floor_s": floor, "bytes": bytes_moved, "flops": flops, "ours_s": ours_s, "ours_over_floor": ours_s / floor,
-        "ours_over_best_of_sdpa_flash": ours_s / fastest_other,
-        **{f"{name}_s": t for name, t in times.items()}, **floors.environment()})
-
-    def synchronized():
-        ours()
-        torch.cuda.synchronize()
-
-    benchmark.pedantic(synchronized, rounds=50, warmup_rounds=5)
+    floors.record_row(benchmark, ours, candidates, bytes_moved, flops, iters=20)
 
 
 @pytest.mark.parametrize("rows,block,cached", T2I_DECODE, ids=[f"P{p}-len{n}" for _, p, n in T2I_DECODE])

@@ -14,7 +14,6 @@ the GPU environment.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import floors
 import pytest
@@ -48,40 +47,18 @@ except ImportError:
     flash_attn_func = None
 
 
-def cuda_randn(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float32).mul_(scale).to(DTYPE)
 
 
-def measure(benchmark, ours: Callable[[], object], candidates: dict[str, Callable[[], object]], bytes_moved: float,
-            flops: float = 0.0) -> None:
-    """Time ``ours`` and each candidate with CUDA events (back-to-back calls: GPU time), record them with the floor
-    of the shape, and time ``ours`` through pytest-benchmark (each round synchronised) for the table."""
-    floor = floors.floor_seconds(bytes_moved=bytes_moved, flops=flops)
-    ours_s = floors.time_cuda(ours, iters=100)
-    times = {name: floors.time_cuda(fn, iters=100) for name, fn in candidates.items()}
-    benchmark.extra_info.update({
-        "floor_s": floor, "bytes": bytes_moved, "flops": flops, "ours_s": ours_s, "ours_over_floor": ours_s / floor,
-        **{f"{name}_s": t for name, t in times.items()}, **floors.environment()})
-    others = [t for name, t in times.items() if name != "reference"]
-    if others:
-        benchmark.extra_info["ours_over_best_of_sdpa_flash"] = ours_s / min(others)
-
-    def synchronized():
-        ours()
-        torch.cuda.synchronize()
-
-    benchmark.pedantic(synchronized, rounds=50, warmup_rounds=5)
 
 
 @pytest.mark.parametrize("shape", list(HEAD_SHAPES))
 def test_bench_layernorm_modulate(benchmark, shape):
     tokens, _, width, _ = HEAD_SHAPES[shape]
-    x = cuda_randn(tokens, width, seed=0)
-    scale, shift, *_ = cuda_randn(tokens, 6 * width, seed=1, scale=0.5).chunk(6, dim=-1)
-    weight, bias = 1 + cuda_randn(width, seed=2, scale=0.2), cuda_randn(width, seed=3, scale=0.1)
+    x = floors.cuda_randn(tokens, width, seed=0)
+    scale, shift, *_ = floors.cuda_randn(tokens, 6 * width, seed=1, scale=0.5).chunk(6, dim=-1)
+    weight, bias = 1 + floors.cuda_randn(width, seed=2, scale=0.2), floors.cuda_randn(width, seed=3, scale=0.1)
     out = torch.empty_like(x)
-    measure(benchmark, lambda: layernorm_modulate(x, scale, shift, weight, bias, LN_EPS, out=out),
+    floors.record_row(benchmark, lambda: layernorm_modulate(x, scale, shift, weight, bias, LN_EPS, out=out),
             {"reference": lambda: layernorm_modulate_ref(x, scale, shift, weight, bias, LN_EPS)},
             bytes_moved=ELEMENT * (4 * tokens * width + 2 * width))
 
@@ -89,10 +66,10 @@ def test_bench_layernorm_modulate(benchmark, shape):
 @pytest.mark.parametrize("shape", list(HEAD_SHAPES))
 def test_bench_gated_residual(benchmark, shape):
     tokens, _, width, _ = HEAD_SHAPES[shape]
-    x, h = cuda_randn(tokens, width, seed=4), cuda_randn(tokens, width, seed=5)
-    gate = cuda_randn(tokens, 6 * width, seed=6, scale=0.5).chunk(6, dim=-1)[2]
+    x, h = floors.cuda_randn(tokens, width, seed=4), floors.cuda_randn(tokens, width, seed=5)
+    gate = floors.cuda_randn(tokens, 6 * width, seed=6, scale=0.5).chunk(6, dim=-1)[2]
     # ours updates the residual stream in place, as the head does
-    measure(benchmark, lambda: gated_residual(x, h, gate, out=x),
+    floors.record_row(benchmark, lambda: gated_residual(x, h, gate, out=x),
             {"reference": lambda: gated_residual_ref(x, h, gate)}, bytes_moved=ELEMENT * 4 * tokens * width)
 
 
@@ -100,9 +77,9 @@ def test_bench_gated_residual(benchmark, shape):
 def test_bench_swiglu(benchmark, shape):
     tokens, _, width, _ = HEAD_SHAPES[shape]
     hidden = int(1.5 * width)
-    ab = cuda_randn(tokens, 2 * hidden, seed=7, scale=2.0)
+    ab = floors.cuda_randn(tokens, 2 * hidden, seed=7, scale=2.0)
     out = torch.empty(tokens, hidden, device="cuda", dtype=DTYPE)
-    measure(benchmark, lambda: swiglu(ab, out=out), {"reference": lambda: swiglu_ref(ab)},
+    floors.record_row(benchmark, lambda: swiglu(ab, out=out), {"reference": lambda: swiglu_ref(ab)},
             bytes_moved=ELEMENT * 3 * tokens * hidden)
 
 
@@ -123,12 +100,12 @@ def flash_patch_attention(qkv: torch.Tensor, head_dim: int) -> torch.Tensor:
 @pytest.mark.parametrize("shape", list(HEAD_SHAPES))
 def test_bench_patch_attention(benchmark, shape):
     tokens, patch, width, head_dim = HEAD_SHAPES[shape]
-    qkv = cuda_randn(tokens // patch, patch, 3 * width, seed=8)
+    qkv = floors.cuda_randn(tokens // patch, patch, 3 * width, seed=8)
     out = torch.empty(tokens // patch, patch, width, device="cuda", dtype=DTYPE)
     candidates = {"reference": lambda: patch_attention_ref(qkv, head_dim),
                   "sdpa": lambda: sdpa_patch_attention(qkv, head_dim)}
     if flash_attn_func is not None:
         candidates["flash_attn"] = lambda: flash_patch_attention(qkv, head_dim)
     # two matrix products of P x P x head_dim per (patch, head): 4·N·P·D FLOPs
-    measure(benchmark, lambda: patch_attention(qkv, head_dim, out=out), candidates,
+    floors.record_row(benchmark, lambda: patch_attention(qkv, head_dim, out=out), candidates,
             bytes_moved=ELEMENT * 4 * tokens * width, flops=4 * tokens * patch * width)

@@ -15,7 +15,6 @@ the table rows used; q out, the K and V rows written), its memory floor (``floor
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import floors
 import pytest
@@ -34,24 +33,8 @@ T2I_PREFILL = (128, 512)  # prompt lengths (tokens) of a prefill, 2 guidance row
 T2I_ROWS = 2
 
 
-def cuda_randn(*shape: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float32).to(DTYPE)
 
 
-def measure(benchmark, ours: Callable[[], object], reference: Callable[[], object], bytes_moved: float) -> None:
-    floor = floors.floor_seconds(bytes_moved=bytes_moved)
-    ours_s = floors.time_cuda(ours, iters=100)
-    reference_s = floors.time_cuda(reference, iters=100)
-    benchmark.extra_info.update({
-        "floor_s": floor, "bytes": bytes_moved, "flops": 0, "ours_s": ours_s, "ours_over_floor": ours_s / floor,
-        "reference_s": reference_s, **floors.environment()})
-
-    def synchronized():
-        ours()
-        torch.cuda.synchronize()
-
-    benchmark.pedantic(synchronized, rounds=50, warmup_rounds=5)
 
 
 def bytes_of_step(rows: int, tokens: int, q_heads: int, kv_heads: int, head_dim: int, table_width: int,
@@ -63,9 +46,9 @@ def bytes_of_step(rows: int, tokens: int, q_heads: int, kv_heads: int, head_dim:
 
 
 def inputs(rows: int, tokens: int, q_heads: int, kv_heads: int, head_dim: int, max_len: int):
-    q = cuda_randn(rows, tokens, q_heads, head_dim, seed=0)
-    k = cuda_randn(rows, tokens, kv_heads, head_dim, seed=1)
-    v = cuda_randn(rows, tokens, kv_heads, head_dim, seed=2)
+    q = floors.cuda_randn(rows, tokens, q_heads, head_dim, seed=0)
+    k = floors.cuda_randn(rows, tokens, kv_heads, head_dim, seed=1)
+    v = floors.cuda_randn(rows, tokens, kv_heads, head_dim, seed=2)
     k_cache = torch.zeros(rows, kv_heads, max_len, head_dim, device="cuda", dtype=DTYPE)
     v_cache = torch.zeros_like(k_cache)
     return q, k, v, k_cache, v_cache
@@ -75,7 +58,7 @@ def t2i_row(benchmark, tokens: int, cached: int) -> None:
     q_heads, kv_heads, head_dim = T2I_14B["q_heads"], T2I_14B["kv_heads"], T2I_14B["head_dim"]
     max_len = cached + tokens
     q, k, v, k_cache, v_cache = inputs(T2I_ROWS, tokens, q_heads, kv_heads, head_dim, max_len)
-    q_weight, k_weight = 1 + 0.1 * cuda_randn(head_dim, seed=3), 1 + 0.1 * cuda_randn(head_dim, seed=4)
+    q_weight, k_weight = 1 + 0.1 * floors.cuda_randn(head_dim, seed=3), 1 + 0.1 * floors.cuda_randn(head_dim, seed=4)
     cos, sin = (t.cuda() for t in rotate_half_tables(torch.arange(max_len), head_dim, THETA))
     lengths = torch.full((T2I_ROWS,), cached, dtype=torch.int32, device="cuda")
     q_out = torch.empty(T2I_ROWS, q_heads, tokens, head_dim, device="cuda", dtype=DTYPE)
@@ -90,7 +73,7 @@ def t2i_row(benchmark, tokens: int, cached: int) -> None:
         v_cache[:, :, cached:max_len] = v.transpose(1, 2)
         return q_rot
 
-    measure(benchmark, ours, reference, bytes_of_step(T2I_ROWS, tokens, q_heads, kv_heads, head_dim, head_dim, True))
+    record(benchmark, ours, reference, bytes_of_step(T2I_ROWS, tokens, q_heads, kv_heads, head_dim, head_dim, True))
 
 
 @pytest.mark.parametrize("rows,block,cached", T2I_DECODE, ids=[f"P{p}-len{n}" for _, p, n in T2I_DECODE])
@@ -110,7 +93,7 @@ def c2i_row(benchmark, size: str, block: int, tokens: int, cached: int) -> None:
     prefix = C2I_PREFIX + block - 1
     max_len = prefix + C2I_TOKENS
     # the model's fused wqkv output, chunked: q, k, v are strided views as in the backbone
-    fused = cuda_randn(C2I_ROWS, tokens, 3 * dim, seed=5)
+    fused = floors.cuda_randn(C2I_ROWS, tokens, 3 * dim, seed=5)
     q, k, v = (z.view(C2I_ROWS, tokens, heads, head_dim) for z in fused.chunk(3, dim=-1))
     _, _, _, k_cache, v_cache = inputs(C2I_ROWS, 1, heads, heads, head_dim, max_len)
     cos, sin = (t.cuda() for t in c2i_rope_tables(16, head_dim, prefix, int(round(block ** 0.5))))
@@ -127,7 +110,7 @@ def c2i_row(benchmark, size: str, block: int, tokens: int, cached: int) -> None:
         v_cache[:, :, cached:end] = v.transpose(1, 2)
         return rotate_interleaved(q, c, s).transpose(1, 2)
 
-    measure(benchmark, ours, reference, bytes_of_step(C2I_ROWS, tokens, heads, heads, head_dim, head_dim // 2, False))
+    record(benchmark, ours, reference, bytes_of_step(C2I_ROWS, tokens, heads, heads, head_dim, head_dim // 2, False))
 
 
 @pytest.mark.parametrize("block", C2I_PARALLEL)
@@ -142,3 +125,7 @@ def test_bench_rope_append_interleaved_decode_c2i(benchmark, size, block):
 @pytest.mark.parametrize("size", sorted(C2I_SIZES))
 def test_bench_rope_append_interleaved_prefill_c2i(benchmark, size, block):
     c2i_row(benchmark, size, block, C2I_PREFIX + block - 1, 0)
+
+
+def record(benchmark, ours, reference, bytes_moved: float) -> None:
+    floors.record_row(benchmark, ours, {"reference": reference}, bytes_moved)

@@ -32,16 +32,13 @@ SHAPES = {  # name: (rows, hidden, style)
 }
 
 
-def cuda_randn(*shape: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float32).to(DTYPE)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_bench_rmsnorm_residual(benchmark, shape):
     rows, hidden, style = SHAPES[shape]
-    x, residual = cuda_randn(rows, hidden, seed=0), cuda_randn(rows, hidden, seed=1)
-    weight = 1 + 0.1 * cuda_randn(hidden, seed=2)
+    x, residual = floors.cuda_randn(rows, hidden, seed=0), floors.cuda_randn(rows, hidden, seed=1)
+    weight = 1 + 0.1 * floors.cuda_randn(hidden, seed=2)
     out, residual_out = torch.empty_like(x), torch.empty_like(x)
 
     def ours():
@@ -50,16 +47,4 @@ def test_bench_rmsnorm_residual(benchmark, shape):
     def reference():
         return rmsnorm_residual_reference(x, residual, weight, EPS, style)
 
-    bytes_moved = ELEMENT * (4 * rows * hidden + hidden)
-    floor = floors.floor_seconds(bytes_moved=bytes_moved)
-    ours_s = floors.time_cuda(ours, iters=100)
-    reference_s = floors.time_cuda(reference, iters=100)
-    benchmark.extra_info.update({
-        "floor_s": floor, "bytes": bytes_moved, "flops": 0, "ours_s": ours_s, "ours_over_floor": ours_s / floor,
-        "reference_s": reference_s, **floors.environment()})
-
-    def synchronized():
-        ours()
-        torch.cuda.synchronize()
-
-    benchmark.pedantic(synchronized, rounds=50, warmup_rounds=5)
+    floors.record_row(benchmark, ours, {"reference": reference}, ELEMENT * (4 * rows * hidden + hidden))

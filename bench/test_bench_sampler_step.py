@@ -13,7 +13,6 @@ the bytes read + written, the memory floor (``floor_s``), ``ours_over_floor`` an
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import floors
 import pytest
@@ -39,21 +38,6 @@ STEP_SHAPES = {
 }
 
 
-def measure(benchmark, ours: Callable[[], object], reference: Callable[[], object], bytes_moved: float) -> None:
-    """CUDA-event times of ours and the reference (GPU time), the floor and the ratio into ``extra_info``; ours
-    through pytest-benchmark, each round synchronised."""
-    floor = floors.floor_seconds(bytes_moved=bytes_moved)
-    ours_s = floors.time_cuda(ours, iters=200)
-    reference_s = floors.time_cuda(reference, iters=200)
-    benchmark.extra_info.update({"floor_s": floor, "bytes": bytes_moved, "flops": 0.0, "ours_s": ours_s,
-                                 "reference_s": reference_s, "ours_over_floor": ours_s / floor,
-                                 **floors.environment()})
-
-    def synchronized():
-        ours()
-        torch.cuda.synchronize()
-
-    benchmark.pedantic(synchronized, rounds=50, warmup_rounds=5)
 
 
 def step_inputs(batch: int, patch: int):
@@ -73,7 +57,7 @@ def test_bench_sampler_step(benchmark, shape):
     t, dt = running[STEP], times[STEP + 1] - times[STEP]
     out = torch.empty_like(x)
     n = x.numel()
-    measure(benchmark, lambda: sampler_step(pred, x, noise, times, running, STEP, CFG, True, out=out),
+    record(benchmark, lambda: sampler_step(pred, x, noise, times, running, STEP, CFG, True, out=out),
             lambda: step_from_prediction(pred, x, t, dt, noise, CFG, True),
             bytes_moved=2 * n * pred.element_size() + 3 * n * 4)
 
@@ -91,5 +75,9 @@ def test_bench_sampler_final(benchmark, shape):
         return signs, pack_signs_ref(signs)
 
     n = x.numel()
-    measure(benchmark, lambda: sampler_final(pred, x, CFG, True, tokens_out=tokens, packed_out=packed), reference,
+    record(benchmark, lambda: sampler_final(pred, x, CFG, True, tokens_out=tokens, packed_out=packed), reference,
             bytes_moved=2 * n * pred.element_size() + n * 4 + 2 * n * tokens.element_size() + 2 * n // 8)
+
+
+def record(benchmark, ours, reference, bytes_moved: float) -> None:
+    floors.record_row(benchmark, ours, {"reference": reference}, bytes_moved)

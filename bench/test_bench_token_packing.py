@@ -9,7 +9,6 @@ words -> bf16 tokens (the projector's input). ``extra_info``: CUDA-event times o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import floors
 import torch
@@ -24,21 +23,6 @@ NUM_TOKENS = SHAPE[0] * SHAPE[1]
 CHANNELS = SHAPE[2]
 
 
-def measure(benchmark, ours: Callable[[], object], reference: Callable[[], object], bytes_moved: float) -> None:
-    """CUDA-event times of ours and the reference, the floor and the ratio into ``extra_info``; ours through
-    pytest-benchmark, each round synchronised."""
-    floor = floors.floor_seconds(bytes_moved=bytes_moved)
-    ours_s = floors.time_cuda(ours, iters=100)
-    reference_s = floors.time_cuda(reference, iters=100)
-    benchmark.extra_info.update({"floor_s": floor, "bytes": bytes_moved, "flops": 0.0, "ours_s": ours_s,
-                                 "reference_s": reference_s, "ours_over_floor": ours_s / floor,
-                                 **floors.environment()})
-
-    def synchronized():
-        ours()
-        torch.cuda.synchronize()
-
-    benchmark.pedantic(synchronized, rounds=50, warmup_rounds=5)
 
 
 def random_samples() -> torch.Tensor:
@@ -49,19 +33,23 @@ def random_samples() -> torch.Tensor:
 def test_bench_sign_quantize(benchmark):
     samples = random_samples()
     tokens = torch.empty(SHAPE, dtype=TOKENS_DTYPE, device="cuda")
-    measure(benchmark, lambda: sign_quantize(samples, out=tokens), lambda: torch.sign(samples).to(TOKENS_DTYPE),
+    record(benchmark, lambda: sign_quantize(samples, out=tokens), lambda: torch.sign(samples).to(TOKENS_DTYPE),
             bytes_moved=NUM_TOKENS * CHANNELS * (4 + 2))
 
 
 def test_bench_pack_signs(benchmark):
     tokens = torch.sign(random_samples()).to(TOKENS_DTYPE)
     words = torch.empty(SHAPE[0], SHAPE[1], CHANNELS // 32, dtype=torch.int32, device="cuda")
-    measure(benchmark, lambda: pack_signs(tokens, out=words), lambda: pack_signs_ref(tokens),
+    record(benchmark, lambda: pack_signs(tokens, out=words), lambda: pack_signs_ref(tokens),
             bytes_moved=NUM_TOKENS * (CHANNELS * 2 + CHANNELS // 8))
 
 
 def test_bench_unpack_signs(benchmark):
     words = pack_signs_ref(random_samples())
     tokens = torch.empty(SHAPE, dtype=TOKENS_DTYPE, device="cuda")
-    measure(benchmark, lambda: unpack_signs(words, TOKENS_DTYPE, out=tokens),
+    record(benchmark, lambda: unpack_signs(words, TOKENS_DTYPE, out=tokens),
             lambda: unpack_signs_ref(words, TOKENS_DTYPE), bytes_moved=NUM_TOKENS * (CHANNELS // 8 + CHANNELS * 2))
+
+
+def record(benchmark, ours, reference, bytes_moved: float) -> None:
+    floors.record_row(benchmark, ours, {"reference": reference}, bytes_moved)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
@@ -32,11 +33,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             f"backend='triton' runs its kernels on CUDA devices; on {device.type} they run only through Triton's "
             "interpreter: set TRITON_INTERPRET=1 before starting Python (slow, for tests), or use "
             "backend='reference'.")
-    try:
-        import triton  # noqa: F401
-    except ImportError as e:
-        if backend == "triton":
-            raise UnsupportedDeviceError("backend='triton' needs the triton package: pip install triton") from e
+    if backend == "triton" and importlib.util.find_spec("triton") is None:
+        raise UnsupportedDeviceError("backend='triton' needs the triton package: pip install triton")
     return backend
 
 

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .head_ops import gated_residual_ref, layernorm_modulate_ref, patch_attention_ref, swiglu_ref
-from .head_ops import modulate  # noqa: F401  (kept importable from here)
 
 FREQ_EMBED_DIM = 256
 LN_EPS = 1e-6
