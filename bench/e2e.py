@@ -166,9 +166,9 @@ class TimedStep:
 
 @contextlib.contextmanager
 def engine_stages(engine, clock: StageClock):
-    """Wrap the engine's ``prefill``, ``_step`` (its AR step) and, for class-conditional models, the eager step-0
+    """Wrap the engine's ``prefill``, ``ar_step`` (its AR step) and, for class-conditional models, the eager step-0
     sampler as instance attributes, removed on exit. Graph replays run inside the wrapped calls."""
-    originals = {name: getattr(engine, name) for name in ("prefill", "_step")}  # both engines have these
+    originals = {name: getattr(engine, name) for name in ("prefill", "ar_step")}  # both engines have these
     if hasattr(engine, "_unguided_all_rows"):
         originals["_unguided_all_rows"] = engine._unguided_all_rows
 
@@ -177,13 +177,13 @@ def engine_stages(engine, clock: StageClock):
         return originals["prefill"](*args, **kwargs)
 
     def step(*args, **kwargs):
-        return TimedStep(originals["_step"](*args, **kwargs), clock)
+        return TimedStep(originals["ar_step"](*args, **kwargs), clock)
 
     def unguided(*args, **kwargs):
         clock.enter("head")
         return originals["_unguided_all_rows"](*args, **kwargs)
 
-    wrappers = {"prefill": prefill, "_step": step, "_unguided_all_rows": unguided}
+    wrappers = {"prefill": prefill, "ar_step": step, "_unguided_all_rows": unguided}
     for name in originals:
         setattr(engine, name, wrappers[name])
     try:

@@ -147,17 +147,17 @@ class _FakeStep:
 
 
 class _FakeEngine:
-    """Calls what the engines call: ``prefill``, ``_step``, then per AR step ``head`` and ``decode``."""
+    """Calls what the engines call: ``prefill``, ``ar_step``, then per AR step ``head`` and ``decode``."""
 
     def prefill(self) -> None:
         time.sleep(0.03)
 
-    def _step(self) -> _FakeStep:
+    def ar_step(self) -> _FakeStep:
         return _FakeStep()
 
     def generate_tokens(self) -> None:
         self.prefill()
-        step = self._step()
+        step = self.ar_step()
         for _ in range(3):
             assert step.head(0.02) == "tokens"
             step.decode()

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..kernels.block_attention import block_attention_decode, block_attention_prefill
+from ..kernels.block_attention import block_attention_prefill
 from ..kernels.kv_append import rope_append_interleaved
 from ..kernels.rmsnorm_residual import rmsnorm_residual
 from ..kernels.swiglu import swiglu
@@ -23,15 +23,16 @@ from ..loading.c2i_checkpoint import C2IModel
 from ..reference.c2i_backbone import NORM_EPS, NUM_CLASSES
 from ..reference.masks import C2I_CAUSAL_LEN
 from ..reference.sampler import linear_guidance
-from .ar_step import AutoregressiveStep, StepBuffers, build_step
-from .cuda_graphs import graphs_available
+from .ar_step import AutoregressiveStep, StepBuffers
+from .engine_base import EngineBase
 from .head_loop import FusedHead
 from .request_noise import draw_step_noise
 from .static_cache import CachePool, StaticKVCache
 
 
-class C2IEngine:
+class C2IEngine(EngineBase):
     def __init__(self, model: C2IModel):
+        super().__init__()
         self.model = model
         bb, cfg = model.backbone, model.config
         self.cfg = cfg
@@ -39,8 +40,7 @@ class C2IEngine:
         self.cos, self.sin = cos.contiguous(), sin.contiguous()
         self.head = FusedHead(model.head)
         self.pool = CachePool(cfg.num_layers, cfg.num_heads, cfg.head_dim, bb.norm.weight.device, bb.norm.weight.dtype)
-        self.use_cuda_graphs = True
-        self._graphs: dict[tuple, AutoregressiveStep] = {}
+        self.head_dim, self.token_channels = cfg.head_dim, cfg.token_channels
 
     def _layers(self, x: torch.Tensor, cache: StaticKVCache, attend: Callable[[int, torch.Tensor], torch.Tensor]
                 ) -> torch.Tensor:
@@ -78,16 +78,6 @@ class C2IEngine:
         cache.lengths.copy_(lengths)
         return hidden
 
-    def decode(self, embeds: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
-        scale = self.cfg.head_dim ** -0.5
-
-        def attend(i: int, q: torch.Tensor) -> torch.Tensor:
-            return block_attention_decode(q, cache.keys[i], cache.values[i], cache.lengths, scale)
-
-        hidden = self._layers(embeds, cache, attend)
-        cache.lengths += embeds.shape[1]
-        return hidden
-
     def generate_tokens(self, labels: list[int], num_steps: int, guidance: float,
                         generators: list[torch.Generator],
                         progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -99,7 +89,9 @@ class C2IEngine:
         rows = labels + ([NUM_CLASSES] * batch if guidance > 1.0 else [])
         cache = self.pool.get(len(rows), cfg.num_prefix + cfg.num_tokens)
         hidden = self.prefill(torch.tensor(rows, device=cache.lengths.device), cache)[:, -p:]
-        step = self._step(cache, batch, num_steps, guidance > 1.0, hidden)
+        # the guidance schedule changes the scale every AR step: the sampler kernels read it on the device
+        guided = guidance > 1.0
+        step = self.ar_step(cache, hidden, batch, num_steps, guided, key=(cache.batch, num_steps, guided))
         out = []
         for i in range(num_ar):
             scale = linear_guidance(guidance, i, num_ar)
@@ -128,27 +120,5 @@ class C2IEngine:
         step.set_tokens(tokens)
         return tokens
 
-    def _step(self, cache: StaticKVCache, batch: int, num_steps: int, guided: bool,
-              hidden: torch.Tensor) -> AutoregressiveStep:
-        """Graphs captured once per (batch, step count, guided) on CUDA and replayed; eager elsewhere. The guidance
-        schedule changes the scale every AR step: the sampler kernels read it from ``buffers.cfg`` on the device."""
-        graphed = self.use_cuda_graphs and graphs_available(hidden.device)
-        key = (cache.batch, num_steps, guided)
-        if not graphed or key not in self._graphs:
-            times = self.head.step_times(num_steps)
-            bb = self.model.backbone
-
-            def head(b: StepBuffers) -> torch.Tensor:
-                return self.head.sample(b.hidden + b.pos, b.noise, b.cfg, guided, times)
-
-            def decode(b: StepBuffers, tokens: torch.Tensor) -> torch.Tensor:
-                return b.hidden.copy_(self.decode(bb.embed_tokens(tokens), cache))
-
-            buffers = StepBuffers.allocate(hidden, num_steps, batch, self.cfg.token_channels)
-            step = build_step(buffers, head, decode, cache, graphed)
-            if not graphed:
-                return step
-            self._graphs[key] = step
-        step = self._graphs[key]
-        step.buffers.hidden.copy_(hidden)
-        return step
+    def embed_feedback(self, tokens: torch.Tensor, buffers: StepBuffers) -> torch.Tensor:
+        return self.model.backbone.embed_tokens(tokens)

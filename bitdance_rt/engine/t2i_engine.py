@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..kernels.block_attention import block_attention_decode, block_attention_prefill
+from ..kernels.block_attention import block_attention_prefill
 from ..kernels.kv_append import qk_norm_rope_append
 from ..kernels.rmsnorm_residual import rmsnorm_residual
 from ..kernels.swiglu import swiglu
@@ -24,8 +24,8 @@ from ..loading.t2i_checkpoint import T2IModel
 from ..prompt_tokenizer import chat_prompt
 from ..reference.rope import rotate_half_tables
 from ..reference.t2i_embeddings import t2i_position_table
-from .ar_step import AutoregressiveStep, StepBuffers, build_step
-from .cuda_graphs import graphs_available
+from .ar_step import StepBuffers
+from .engine_base import EngineBase
 from .fused_weights import fuse_linears
 from .head_loop import FusedHead
 from .static_cache import CachePool, StaticKVCache
@@ -33,8 +33,9 @@ from .static_cache import CachePool, StaticKVCache
 CACHE_LEN_QUANTUM = 256  # cache lengths are rounded up to this, so requests of similar length share a bucket
 
 
-class T2IEngine:
+class T2IEngine(EngineBase):
     def __init__(self, model: T2IModel, max_positions: int = 8192):
+        super().__init__()
         self.model = model
         bb, cfg = model.backbone, model.backbone_config
         self.cfg = cfg
@@ -46,8 +47,7 @@ class T2IEngine:
         self.head = FusedHead(model.head)
         self.pool = CachePool(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, device,
                               bb.embed_tokens.weight.dtype)
-        self.use_cuda_graphs = True
-        self._graphs: dict[tuple, AutoregressiveStep] = {}
+        self.head_dim, self.token_channels = cfg.head_dim, model.token_channels
 
     # ------------------------------------------------------------------ backbone
     def _layers(self, x: torch.Tensor, cache: StaticKVCache, attend: Callable[[int, torch.Tensor], torch.Tensor]
@@ -92,18 +92,6 @@ class T2IEngine:
         last = (lengths.long() - p)[:, None] + torch.arange(p, device=device)
         return hidden.gather(1, last[:, :, None].expand(-1, -1, hidden.shape[2]))
 
-    def decode(self, embeds: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
-        """One block of P embeddings per row ``[B, P, hidden]`` -> hidden states ``[B, P, hidden]``; advances the
-        cache lengths on the device."""
-        scale = self.cfg.head_dim ** -0.5
-
-        def attend(i: int, q: torch.Tensor) -> torch.Tensor:
-            return block_attention_decode(q, cache.keys[i], cache.values[i], cache.lengths, scale)
-
-        hidden = self._layers(embeds, cache, attend)
-        cache.lengths += embeds.shape[1]
-        return hidden
-
     # ------------------------------------------------------------------ generation
     def generate_tokens(self, prompts: list[str], negative_prompts: list[str | None], num_images: int,
                         grid: tuple[int, int], num_steps: int, guidance: float, generators: list[torch.Generator],
@@ -124,7 +112,8 @@ class T2IEngine:
         device = cache.lengths.device
         pos = t2i_position_table(h, w, self.cfg.hidden_size, int(round(p ** 0.5))).to(device)
         hidden = self.prefill(rows, cache)
-        step = self._step(cache, cond_rows, num_steps, guidance, guided, hidden)
+        step = self.ar_step(cache, hidden, cond_rows, num_steps, guided,
+                            key=(cache.batch, cache.max_len, cond_rows, num_steps, guided))
         out = []
         for k in range(num_ar):
             out.append(step.head(pos[k * p:(k + 1) * p], guidance, generators)[:cond_rows].clone())
@@ -134,28 +123,7 @@ class T2IEngine:
                 progress(k + 1, num_ar)
         return torch.cat(out, dim=1)
 
-    def _step(self, cache: StaticKVCache, cond_rows: int, num_steps: int, guidance: float, guided: bool,
-              hidden: torch.Tensor) -> AutoregressiveStep:
-        """The AR step for this bucket: graphs captured once per (cache bucket, step count, guided) on CUDA and
-        replayed for every later request; eager elsewhere."""
-        graphed = self.use_cuda_graphs and graphs_available(hidden.device)
-        key = (cache.batch, cache.max_len, cond_rows, num_steps, guided)
-        if not graphed or key not in self._graphs:
-            times = self.head.step_times(num_steps)
-            dtype = self.model.backbone.embed_tokens.weight.dtype
-
-            def head(b: StepBuffers) -> torch.Tensor:
-                return self.head.sample(b.hidden + b.pos, b.noise, b.cfg, guided, times)
-
-            def decode(b: StepBuffers, tokens: torch.Tensor) -> torch.Tensor:
-                return b.hidden.copy_(self.decode((self.model.projector(tokens) + b.pos).to(dtype), cache))
-
-            buffers = StepBuffers.allocate(hidden, num_steps, cond_rows, self.model.token_channels)
-            buffers.cfg.fill_(guidance)
-            step = build_step(buffers, head, decode, cache, graphed)
-            if not graphed:
-                return step
-            self._graphs[key] = step
-        step = self._graphs[key]
-        step.buffers.hidden.copy_(hidden)
-        return step
+    def embed_feedback(self, tokens: torch.Tensor, buffers: StepBuffers) -> torch.Tensor:
+        """Projected tokens plus the block's position term, in the backbone's dtype."""
+        dtype = self.model.backbone.embed_tokens.weight.dtype
+        return (self.model.projector(tokens) + buffers.pos).to(dtype)
