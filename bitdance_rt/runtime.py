@@ -96,6 +96,10 @@ class Runtime:
             c2 = m.config
             info["backbone"] = {"hidden": c2.dim, "layers": c2.num_layers, "heads": c2.num_heads}
         info["parameters"] = {k: sum(p.numel() for p in v.parameters()) for k, v in parts.items()}
+        if self.engine is not None:
+            info["engine"] = {"kernels": "triton" + (" (interpreter)" if self.device.type != "cuda" else ""),
+                              "cuda_graphs": self.engine.use_cuda_graphs and self.device.type == "cuda",
+                              "noise": "per request (row r of seed s uses seed s + r)"}
         return info
 
     # ------------------------------------------------------------------ generation
