@@ -6,7 +6,7 @@ typically a chunk of one adaLN output ``[N, 6D]``); only the channel stride must
 float32, bfloat16 or float16, all tensors alike; arithmetic in float32, one rounding at the store.
 
 A program handles a ``[BLOCK_M, BLOCK_D]`` tile: up to ``MAX_BLOCK`` columns and, when rows are narrow, several
-rows (about ``TILE_ELEMENTS`` elements), so narrow heads do not pay one launch slot per token.
+rows (about ``_tiles.TILE_ELEMENTS`` elements), so narrow heads do not pay one launch slot per token.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import triton
 import triton.language as tl
 
 from bitdance_rt.kernels._checks import check_rows, check_tensor
+from bitdance_rt.kernels._tiles import row_tile
 from bitdance_rt.reference.head_ops import gated_residual_ref
 
 REFERENCE = gated_residual_ref
 KERNEL = "gated_residual"
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_BLOCK = 1024  # columns of one tile at most
-TILE_ELEMENTS = 4096  # rows x columns of one tile at most
 
 
 @triton.jit
@@ -50,8 +50,7 @@ def gated_residual(x: torch.Tensor, h: torch.Tensor, gate: torch.Tensor,
         check_rows(KERNEL, "out", out, (rows, width), x.dtype, x.device)
     if rows == 0 or width == 0:
         return out
-    block_d = min(MAX_BLOCK, triton.next_power_of_2(width))
-    block_m = max(1, min(16, TILE_ELEMENTS // block_d))
+    block_m, block_d = row_tile(width, MAX_BLOCK)
     grid = (triton.cdiv(rows, block_m), triton.cdiv(width, block_d))
     _gated_residual_kernel[grid](
         x, h, gate, out, x.stride(0), h.stride(0), gate.stride(0), out.stride(0), rows, width,

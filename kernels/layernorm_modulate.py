@@ -17,13 +17,13 @@ import triton
 import triton.language as tl
 
 from bitdance_rt.kernels._checks import check_rows, check_tensor
+from bitdance_rt.kernels._tiles import row_tile
 from bitdance_rt.reference.head_ops import layernorm_modulate_ref
 
 REFERENCE = layernorm_modulate_ref
 KERNEL = "layernorm_modulate"
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_WIDTH = 16384
-ROW_TILE_ELEMENTS = 4096  # rows of at most this many padded channels are processed several per program
 
 
 @triton.jit
@@ -76,8 +76,7 @@ def layernorm_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
         check_rows(KERNEL, "out", out, (rows, width), x.dtype, x.device)
     if rows == 0:
         return out
-    block = triton.next_power_of_2(width)
-    block_m = max(1, min(16, ROW_TILE_ELEMENTS // block))
+    block_m, block = row_tile(width, MAX_WIDTH)
     _layernorm_modulate_kernel[(triton.cdiv(rows, block_m),)](
         x, scale, shift, x if weight is None else weight, x if bias is None else bias, out,
         x.stride(0), scale.stride(0), shift.stride(0), out.stride(0), rows, width, float(eps),

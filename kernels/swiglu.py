@@ -5,7 +5,7 @@ contiguous) -> ``out [N, H]``. Dtypes: float32, bfloat16 or float16, alike; ``si
 product in float32, one rounding at the store.
 
 A program handles a ``[BLOCK_M, BLOCK_D]`` tile of ``out``: up to ``MAX_BLOCK`` columns and, when rows are narrow,
-several rows (about ``TILE_ELEMENTS`` elements), so narrow heads do not pay one launch slot per token.
+several rows (about ``_tiles.TILE_ELEMENTS`` elements), so narrow heads do not pay one launch slot per token.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import triton
 import triton.language as tl
 
 from bitdance_rt.kernels._checks import check_rows, check_tensor
+from bitdance_rt.kernels._tiles import row_tile
 from bitdance_rt.reference.head_ops import swiglu_ref
 
 REFERENCE = swiglu_ref
 KERNEL = "swiglu"
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_BLOCK = 1024  # columns of one tile at most
-TILE_ELEMENTS = 4096  # rows x columns of one tile at most
 
 
 @triton.jit
@@ -50,8 +50,7 @@ def swiglu(ab: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         check_rows(KERNEL, "out", out, (rows, hidden), ab.dtype, ab.device)
     if rows == 0 or hidden == 0:
         return out
-    block_d = min(MAX_BLOCK, triton.next_power_of_2(hidden))
-    block_m = max(1, min(16, TILE_ELEMENTS // block_d))
+    block_m, block_d = row_tile(hidden, MAX_BLOCK)
     _swiglu_kernel[(triton.cdiv(rows, block_m), triton.cdiv(hidden, block_d))](
         ab, out, ab.stride(0), out.stride(0), rows, hidden, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
     return out
