@@ -22,8 +22,8 @@ import torch
 from shapes import C2I_PARALLEL, C2I_PREFIX, C2I_ROWS, C2I_SIZES, C2I_TOKENS, T2I_14B, T2I_DECODE
 
 from bitdance_rt.kernels.kv_append import qk_norm_rope_append, rope_append_interleaved
-from bitdance_rt.reference.pre_attention import rms_norm_hf, rotate_interleaved
-from bitdance_rt.reference.rope import apply_rotate_half, c2i_rope_tables, rotate_half_tables
+from bitdance_rt.reference.qwen3 import rms_norm_hf
+from bitdance_rt.reference.rope import apply_interleaved, apply_rotate_half, c2i_rope_tables, rotate_half_tables
 
 DTYPE = torch.bfloat16
 ELEMENT = 2  # bytes per bf16 element
@@ -106,9 +106,9 @@ def c2i_row(benchmark, size: str, block: int, tokens: int, cached: int) -> None:
     def reference():
         end = cached + tokens
         c, s = cos[cached:end], sin[cached:end]
-        k_cache[:, :, cached:end] = rotate_interleaved(k, c, s).transpose(1, 2)
+        k_cache[:, :, cached:end] = apply_interleaved(k, c, s).transpose(1, 2)
         v_cache[:, :, cached:end] = v.transpose(1, 2)
-        return rotate_interleaved(q, c, s).transpose(1, 2)
+        return apply_interleaved(q, c, s).transpose(1, 2)
 
     record(benchmark, ours, reference, bytes_of_step(C2I_ROWS, tokens, heads, heads, head_dim, head_dim // 2, False))
 

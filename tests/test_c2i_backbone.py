@@ -3,8 +3,8 @@
 The re-derivation runs the whole sequence at once with the explicit block mask (causal over 63 positions, then
 blocks of P), interleaved 2-D RoPE from its formula, and every layer spelled out; the module runs it the way
 generation does: the prefix, then one block of P per step through the KV cache. Both run in float64 except the
-module's RoPE, which works in float32 as the release's does (angles and rotation): tolerance 1e-6 relative
-(a wrong mask, position or head split gives errors of order 1e-1).
+RoPE angle tables, which the module builds in float32 as the release does: tolerance 1e-6 relative (a wrong mask,
+position or head split gives errors of order 1e-2 to 1e-1).
 """
 
 import math

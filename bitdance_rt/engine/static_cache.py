@@ -19,9 +19,6 @@ class StaticKVCache:
         self.lengths = torch.zeros(batch, device=device, dtype=torch.int32)
         self.batch, self.max_len = batch, max_len
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
 
 class CachePool:
     """Caches by ``(batch, max_len)`` bucket, created on first use and handed out again for later requests."""
@@ -37,6 +34,3 @@ class CachePool:
             layers, kv_heads, head_dim = self._shape
             self._caches[key] = StaticKVCache(layers, batch, kv_heads, max_len, head_dim, self._device, self._dtype)
         return self._caches[key]
-
-    def clear(self) -> None:
-        self._caches.clear()

@@ -82,10 +82,11 @@ class T2IEngine(EngineBase):
         for r, seq in enumerate(rows):
             ids[r, :len(seq)] = torch.tensor(seq, device=device)
         lengths = torch.tensor([len(seq) for seq in rows], dtype=torch.int32, device=device)
+        causal = lengths - p  # the prompt, <|vision_start|> and <|res_H|>; the first block follows
         cache.lengths.zero_()
 
         def attend(i: int, q: torch.Tensor) -> torch.Tensor:
-            return block_attention_prefill(q, cache.keys[i], cache.values[i], lengths, lengths - p, p, scale)
+            return block_attention_prefill(q, cache.keys[i], cache.values[i], lengths, causal, p, scale)
 
         hidden = self._layers(self.model.backbone.embed(ids), cache, attend)
         cache.lengths.copy_(lengths)

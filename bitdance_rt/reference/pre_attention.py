@@ -26,21 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from bitdance_rt.errors import InvalidRequestError
-from bitdance_rt.reference.rope import apply_rotate_half
+from bitdance_rt.reference.qwen3 import rms_norm_hf
+from bitdance_rt.reference.rope import apply_interleaved, apply_rotate_half
 
 RMSNORM_STYLES = ("hf", "torch")
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for float32 and narrower floats, float64 for float64."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def rms_norm_hf(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dim as transformers' Qwen3: normalise in float32, cast to ``x.dtype``, times weight."""
-    wide = x.to(_compute_dtype(x.dtype))
-    normalised = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * normalised.to(x.dtype)
 
 
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -57,17 +46,6 @@ def rmsnorm_residual_reference(x: torch.Tensor, residual: torch.Tensor | None, w
     new_residual = x if residual is None else x + residual
     norm = rms_norm_hf if style == "hf" else rms_norm_torch
     return norm(new_residual, weight, eps), new_residual
-
-
-def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs ``(2i, 2i + 1)`` of ``x [B, T, H, D]`` by tables ``[T, D/2]`` in float32 (float64 for float64
-    inputs); ``x.dtype`` out. Equals :func:`~bitdance_rt.reference.rope.apply_interleaved` below float64."""
-    wide = _compute_dtype(x.dtype)
-    pairs = x.to(wide).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
-    even, odd = pairs[..., 0], pairs[..., 1]
-    c = cos.to(wide)[None, :, None, :]
-    s = sin.to(wide)[None, :, None, :]
-    return torch.stack([even * c - odd * s, odd * c + even * s], dim=-1).flatten(-2).to(x.dtype)
 
 
 def _check_positions(name: str, lengths: torch.Tensor, length: int, max_pos: int, max_len: int) -> list[int]:
@@ -121,7 +99,7 @@ def rope_append_interleaved_reference(q: torch.Tensor, k: torch.Tensor, v: torch
 
     def rotate(q_row: torch.Tensor, k_row: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = cos_table[start:start + length], sin_table[start:start + length]
-        return (rotate_interleaved(q_row, cos, sin).transpose(1, 2),
-                rotate_interleaved(k_row, cos, sin).transpose(1, 2))
+        return (apply_interleaved(q_row, cos, sin).transpose(1, 2),
+                apply_interleaved(k_row, cos, sin).transpose(1, 2))
 
     return _append("rope_append_interleaved", q, k, v, k_cache, v_cache, lengths, cos_table.shape[0], rotate)

@@ -136,8 +136,16 @@ class Qwen3Config:
         return shapes
 
 
+def rms_norm_hf(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim as transformers' Qwen3: normalise in float32 (float64 for float64 inputs), cast
+    back to ``x.dtype``, then times weight."""
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    normalised = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normalised.to(x.dtype)
+
+
 class RMSNorm(nn.Module):
-    """``weight * (x / sqrt(mean(x^2) + eps))``, normalised in float32 and cast back before the weight."""
+    """``weight * (x / sqrt(mean(x^2) + eps))`` by :func:`rms_norm_hf`."""
 
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -145,9 +153,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.to(torch.float32)
-        normalised = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normalised.to(x.dtype)
+        return rms_norm_hf(x, self.weight, self.eps)
 
 
 class Qwen3Attention(nn.Module):

@@ -9,7 +9,7 @@ Interleaved 2-D form (class-conditional models): channel ``2i`` pairs with ``2i 
 first ``D/4`` rotate by ``(x + 1) * freq_j`` and the last ``D/4`` by ``(y + 1) * freq_j`` with
 ``freq_j = 1 / base^(2j / (D/2))`` and ``(x, y) = (column + 0.5, row + 0.5)``; prefix (class and query) tokens get
 angle 0. :func:`c2i_rope_tables` gives float32 cos/sin ``[prefix + grid^2, D/2]`` in generation order;
-:func:`apply_interleaved` rotates ``[B, T, H, D]`` tensors in float32.
+:func:`apply_interleaved` rotates ``[B, T, H, D]`` tensors in float32 (float64 for float64 inputs).
 
 Both tables use the same float32 operations, in the same order, as the released code, so they match it bit for bit.
 """
@@ -66,15 +66,17 @@ def c2i_rope_tables(grid: int, head_dim: int, num_prefix_tokens: int, patch_size
 
 
 def apply_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs ``(2i, 2i + 1)`` of ``x [B, T, H, D]`` by tables ``[T, D // 2]``; float32 math, ``x.dtype`` out."""
+    """Rotate pairs ``(2i, 2i + 1)`` of ``x [B, T, H, D]`` by tables ``[T, D // 2]``; float32 math (float64 for
+    float64 inputs), ``x.dtype`` out."""
     length, pairs = x.shape[1], x.shape[-1] // 2
     if x.shape[-1] % 2 or tuple(cos.shape) != (length, pairs) or tuple(sin.shape) != (length, pairs):
         raise InvalidRequestError(
             f"interleaved RoPE: x {tuple(x.shape)} needs cos/sin of shape ({length}, {pairs}), "
             f"found {tuple(cos.shape)} and {tuple(sin.shape)}")
-    pairs_of_x = x.float().reshape(*x.shape[:-1], pairs, 2)
+    wide = torch.promote_types(x.dtype, torch.float32)
+    pairs_of_x = x.to(wide).reshape(*x.shape[:-1], pairs, 2)
     even, odd = pairs_of_x[..., 0], pairs_of_x[..., 1]
-    c = cos.float()[None, :, None, :]
-    s = sin.float()[None, :, None, :]
+    c = cos.to(wide)[None, :, None, :]
+    s = sin.to(wide)[None, :, None, :]
     rotated = torch.stack([even * c - odd * s, odd * c + even * s], dim=-1)
     return rotated.flatten(-2).to(x.dtype)
