@@ -2,9 +2,34 @@
 
 The Triton kernels live in ``kernels/`` at the repository root and ship as ``bitdance_rt.kernels`` (a top-level
 ``kernels`` module would clash with an existing PyPI package of that name).
+
+The CUDA kernels (``csrc/``) are compiled on first use on a CUDA machine (``bitdance_rt/cuda_ext.py``). To build them
+ahead of time instead, as the extension module ``bitdance_rt.bitdance_rt_cuda``, set ``BITDANCE_RT_BUILD_CUDA=1``
+and install without build isolation, so that the build sees your torch:
+``BITDANCE_RT_BUILD_CUDA=1 pip install --no-build-isolation .``
 """
 
-from setuptools import setup
+import os
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+
+def cuda_extension():
+    """The ahead-of-time build of csrc/ when BITDANCE_RT_BUILD_CUDA=1, else nothing."""
+    if os.environ.get("BITDANCE_RT_BUILD_CUDA") != "1":
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    csrc = Path("csrc")
+    sources = sorted(str(p) for p in csrc.glob("*.cu")) + [str(csrc / "module.cpp")]
+    flags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-diag-suppress", "3306", "-lineinfo"]
+    ext = CUDAExtension("bitdance_rt.bitdance_rt_cuda", sources, include_dirs=[str(csrc.resolve())],
+                        extra_compile_args={"cxx": ["-O3", "-std=c++20"], "nvcc": flags})
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = cuda_extension()
 
 setup(
     name="bitdance-rt",
@@ -13,9 +38,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["bitdance_rt", "bitdance_rt.reference", "bitdance_rt.loading", "bitdance_rt.pipelines",
-              "bitdance_rt.kernels"],
+    packages=find_packages(include=["bitdance_rt", "bitdance_rt.*"]) + ["bitdance_rt.kernels"],
     package_dir={"bitdance_rt": "bitdance_rt", "bitdance_rt.kernels": "kernels"},
+    package_data={"bitdance_rt.serving": ["web/*.html"]},
     install_requires=[
         "torch>=2.4",
         "triton>=3.0; platform_system == 'Linux'",
@@ -31,4 +56,6 @@ setup(
         "flash": ["flash-attn>=2.6"],
     },
     entry_points={"console_scripts": ["bitdance-rt=bitdance_rt.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
 )

@@ -9,7 +9,8 @@ import torch
 
 
 def time_cuda(fn, warmup: int = 5, iters: int = 20) -> float:
-    """Mean seconds per call of ``fn`` on the current CUDA stream (CUDA events)."""
+    """Mean seconds per call of ``fn`` launched back to back on the current CUDA stream (CUDA events): for small
+    kernels this includes the host's launch cost."""
     for _ in range(warmup):
         fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -20,6 +21,35 @@ def time_cuda(fn, warmup: int = 5, iters: int = 20) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / 1e3 / iters
+
+
+def time_graphed(fn, calls: int = 20, replays: int = 15) -> tuple[float, str]:
+    """Seconds per call of ``fn`` as the engine runs it, inside a CUDA graph (``calls`` calls captured once, the
+    median over ``replays`` replays), so host launch cost is left out: ``(seconds, "graph")``. Falls back to
+    ``time_cuda`` (``"eager"``) when ``fn`` cannot be captured (e.g. it reads a device value on the host)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+    except Exception:  # not capturable: time it eagerly instead, and say so
+        torch.cuda.synchronize()
+        return time_cuda(fn), "eager"
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / calls)
+    return sorted(times)[len(times) // 2], "graph"
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,17 +102,21 @@ def cuda_randn(*shape: int, seed: int, dtype: torch.dtype = torch.bfloat16, scal
 
 
 def record_row(benchmark, ours, candidates: dict, bytes_moved: float, flops: float = 0.0, iters: int = 100) -> None:
-    """One benchmark row: CUDA-event times of ``ours`` and each candidate (``"reference"``, ``"sdpa"``,
-    ``"flash_attn"``, ...), the floor of the shape and our time over it (and over the best non-reference candidate)
-    into ``benchmark.extra_info`` with the environment; ``ours`` also through pytest-benchmark, each round
-    synchronised."""
+    """One benchmark row: the graphed time of ``ours`` and of each candidate (``"reference"``, ``"sdpa"``,
+    ``"flash_attn"``, ``"triton"``, ...; eager where a candidate cannot be captured, as ``timing`` records), our
+    eager back-to-back time (``ours_eager_s``, host launch cost included), the floor of the shape and our time over
+    it (and over the best of SDPA / flash-attn) into ``benchmark.extra_info`` with the environment; ``ours`` also
+    through pytest-benchmark, each round synchronised."""
     floor = floor_seconds(bytes_moved=bytes_moved, flops=flops)
-    ours_s = time_cuda(ours, iters=iters)
-    times = {name: time_cuda(fn, iters=iters) for name, fn in candidates.items()}
+    ours_s, ours_mode = time_graphed(ours)
+    timed = {name: time_graphed(fn) for name, fn in candidates.items()}
+    times = {name: t for name, (t, _) in timed.items()}
+    modes = {"ours": ours_mode, **{name: mode for name, (_, mode) in timed.items()}}
     benchmark.extra_info.update({
         "floor_s": floor, "bytes": bytes_moved, "flops": flops, "ours_s": ours_s, "ours_over_floor": ours_s / floor,
+        "ours_eager_s": time_cuda(ours, iters=iters), "timing": modes,
         **{f"{name}_s": t for name, t in times.items()}, **environment()})
-    others = [t for name, t in times.items() if name != "reference"]
+    others = [t for name, t in times.items() if name not in ("reference", "triton")]
     if others:
         benchmark.extra_info["ours_over_best_of_sdpa_flash"] = ours_s / min(others)
 

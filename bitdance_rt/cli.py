@@ -1,4 +1,4 @@
-"""``bitdance-rt`` command line: ``generate``, ``info``, ``download`` and ``demo``.
+"""``bitdance-rt`` command line: ``generate``, ``info``, ``download``, ``demo`` and ``serve``.
 
 Errors of the runtime (bad files, bad arguments, missing devices) print one line to stderr and exit with 2.
 """
@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--tokenizer")
     i.add_argument("--trust-pickle", action="store_true")
     i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--device", help="device whose kernel choice to report (default: cuda if present, else cpu)")
+    i.add_argument("--backend", default="auto", help="backend whose kernel choice to report (default: auto)")
 
     d = sub.add_parser("download", help="download released weights from the Hugging Face Hub")
     d.add_argument("name", choices=sorted(HUB_MODELS))
@@ -59,6 +61,30 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default="demo_output", help="folder for the tiny model and the image")
     m.add_argument("--prompt", default="a red fox in the snow")
     m.add_argument("--steps", type=int, default=4)
+
+    s = sub.add_parser("serve", help="serve a model over HTTP: OpenAI-style images API, progress events, web page")
+    s.add_argument("model", nargs="?", help="text-to-image model directory or class-conditional checkpoint (.pt)")
+    s.add_argument("--tiny", action="store_true",
+                   help="write a tiny random-weight text-to-image model and serve it on the CPU (a quick look)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    s.add_argument("--tokenizer", help="class-conditional tokenizer file (ae_d16c32.pt)")
+    s.add_argument("--device")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--backend", default="auto", help="auto (default), reference, triton or cuda")
+    s.add_argument("--trust-pickle", action="store_true")
+    s.add_argument("--max-batch", type=int,
+                   help="rows per continuous batch (an image is 2 rows when guided; default: the runtime's)")
+    s.add_argument("--memory-budget", help="bytes the serving batches may use, e.g. 20GiB (default: no limit)")
+    s.add_argument("--max-images", type=int, default=4, help="most images per request (n), default 4")
+    s.add_argument("--max-queue", type=int, default=64,
+                   help="most requests queued or running; more are refused with 503 (default 64)")
+    s.add_argument("--preview-every", type=int,
+                   help="AR steps between previews in progress streams (0: none; default: about 8 per request)")
+    s.add_argument("--default-size", help="WIDTHxHEIGHT for requests without a size (default: the model's)")
+    s.add_argument("--drain-timeout", type=float, default=60.0,
+                   help="on SIGINT/SIGTERM, seconds active requests may take to finish before they are cancelled "
+                        "(0: cancel at once; a second signal cancels at once too)")
     return p
 
 
@@ -108,6 +134,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     from .loading.inspect import inspect_checkpoint
 
     info = inspect_checkpoint(a.model, a.tokenizer, a.trust_pickle)
+    info["kernels"] = kernel_choice(a.device, a.backend)
     if a.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -116,6 +143,27 @@ def cmd_info(a: argparse.Namespace) -> int:
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         print(f"{key:>16}: {value}")
     return 0
+
+
+def kernel_choice(device: str | None, backend: str) -> dict[str, str]:
+    """Which backend ``device`` and ``backend`` resolve to and, for the engine, which provider (CUDA extension,
+    Triton, PyTorch) each operation gets and why a provider was skipped — without loading any weights."""
+    from .backends import resolve_backend
+    from .devices import resolve_device
+    from .ops import OpSet
+
+    dev = resolve_device(device)
+    chosen = resolve_backend(backend, dev)
+    if chosen == "reference":
+        return {"device": str(dev), "backend": "reference (the release's loops in PyTorch)"}
+    ops = OpSet(dev, chosen)
+    by_provider: dict[str, list[str]] = {}
+    for name, provider in ops.summary().items():
+        by_provider.setdefault(provider, []).append(name)
+    out = {"device": str(dev), "backend": chosen}
+    out.update({provider: " ".join(names) for provider, names in by_provider.items()})
+    out.update({f"{provider} skipped": why for provider, why in ops.skipped.items()})
+    return out
 
 
 def cmd_download(a: argparse.Namespace) -> int:
@@ -149,7 +197,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "info": cmd_info, "download": cmd_download, "demo": cmd_demo}
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .serving.http_cli import serve
+
+    return serve(a)
+
+
+COMMANDS = {"generate": cmd_generate, "info": cmd_info, "download": cmd_download, "demo": cmd_demo,
+            "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Checking and normalising the arguments of ``Runtime.generate`` before any work starts."""
+"""Checking and normalising the arguments of ``Runtime.generate`` and ``Runtime.submit`` before any work starts, and
+their defaults."""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ import torch
 from .errors import InvalidRequestError
 from .outputs import OUTPUT_TYPES
 from .reference.c2i_backbone import NUM_CLASSES
+
+T2I_DEFAULTS = {"height": 1024, "width": 1024, "num_sampling_steps": 50, "guidance_scale": 7.5}
+C2I_STEPS = 100
+# the release's sampling flags, by (width, layers, P); other shapes fall back to C2I_GUIDANCE_FALLBACK
+C2I_GUIDANCE = {(768, 24, 1): 3.2, (768, 24, 4): 3.9, (768, 24, 16): 6.1, (1024, 32, 1): 4.0, (1280, 40, 1): 4.55}
+C2I_GUIDANCE_FALLBACK = 4.0
 
 
 @dataclass
@@ -93,12 +100,15 @@ def check_labels(class_labels) -> list[int]:
     return [int(c) for c in labels]
 
 
-def row_generators(sampling: Sampling, rows: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per image row for the engine, so a row's noise does not depend on its batch neighbours:
+def row_seeds(sampling: Sampling, rows: int) -> list[int]:
+    """One noise seed per image row for the engine, so a row's noise does not depend on its batch neighbours:
     row r of a call with seed s uses seed ``s + r``; with a caller's generator, each row's seed is drawn from it."""
     if sampling.seed is not None:
-        seeds = [sampling.seed + r for r in range(rows)]
-    else:
-        seeds = torch.randint(0, 2 ** 62, (rows,), generator=sampling.generator,
-                              device=sampling.generator.device).tolist()
-    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        return [sampling.seed + r for r in range(rows)]
+    return torch.randint(0, 2 ** 62, (rows,), generator=sampling.generator,
+                         device=sampling.generator.device).tolist()
+
+
+def row_generators(sampling: Sampling, rows: int, device: torch.device) -> list[torch.Generator]:
+    """``row_seeds`` as generators on ``device``."""
+    return [torch.Generator(device=device).manual_seed(s) for s in row_seeds(sampling, rows)]

@@ -1,14 +1,17 @@
 """The head's sampler step, fused (Triton): from the head's x-prediction to the new sample in one pass.
 
 ``sampler_step`` is one Euler–Maruyama step: velocity ``(pred − x) / max(1 − t, 0.05)``, guidance
-``v_u + cfg·(v_c − v_u)`` over the conditional / unconditional halves of ``pred``, score, drift and the noisy
-update. ``sampler_final`` is the last, noiseless Euler step at ``t = 1 − last_step_size`` followed by sign
-quantization: tokens for all ``m·B`` rows (both halves equal when guided), optionally the packed int32 words
-(``token_packing``'s bit order) and the continuous sample.
+``v_u + cfg·(v_c − v_u)`` over the conditional / unconditional halves of ``pred`` (one scale, or one per row when
+rows sit at different AR steps of a guidance schedule), score, drift and the noisy update. ``sampler_final`` is
+the last, noiseless Euler step at ``t = 1 − last_step_size`` followed by sign quantization: tokens for all
+``m·B`` rows (both halves equal when guided), optionally the packed int32 words (``token_packing``'s bit order)
+and the continuous sample.
 
 Shapes: pred ``[m·B, P, C]`` (float32, bfloat16 or float16: the head's output for ``cat([x]*m)``, m = 2 when
 guided), x and noise ``[B, P, C]`` float32, times ``[N + 1]`` and running ``[N]`` float32 device tensors (the
-sampler's ``step_times`` and their ``running_times``, so one launch reads its t and dt on the device).
+sampler's ``step_times`` and their ``running_times``, so one launch reads its t and dt on the device); cfg a
+Python float or a float32 device tensor ``[1]`` or ``[B]`` (read on the device, so a captured graph serves every
+AR step of a guidance schedule).
 All arithmetic is float32 in the reference's op order with correctly rounded division and square root
 (``div_rn``, ``sqrt_rn``) and no mul-add contraction (``enable_fp_fusion=False``): a step equals
 ``step_from_prediction`` computed with IEEE float32 ops bit for bit. Against torch on this machine's CPU it can
@@ -18,14 +21,14 @@ CUDA, where the release runs, is).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
 
 from bitdance_rt.kernels._checks import check_tensor
-from bitdance_rt.kernels.token_packing import BITS_PER_WORD, FLOAT_DTYPES, pack_tile, sign_of
+from bitdance_rt.kernels.sampler_args import (FinalTokens, cfg_per_row, check_guidance, check_last_step_size,
+                                              check_pred_and_x, check_times, final_outputs, step_output)
+from bitdance_rt.kernels.token_packing import BITS_PER_WORD, pack_tile, sign_of
 from bitdance_rt.reference.sampler import (LAST_STEP_SIZE, MIN_ONE_MINUS_T, final_step_from_prediction,
                                            step_from_prediction)
 
@@ -39,22 +42,27 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg_ptr, GUIDED: tl.constexpr):
+def guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg_ptr, row_size, GUIDED: tl.constexpr,
+                       CFG_PER_ROW: tl.constexpr):
     """Velocity of the conditional rows ``pred[offs]`` (guided with the unconditional rows ``pred[n + offs]``; the
-    scale is read on the device, so a captured graph serves every AR step of a guidance schedule)."""
+    scale, ``cfg[0]`` or ``cfg[row]`` with ``row = offs // row_size``, is read on the device)."""
     denom = tl.maximum(one_minus_t, MIN_DENOM)
     pred = tl.load(pred_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     v = tl.math.div_rn(pred - x, denom)
     if GUIDED:
         pred_u = tl.load(pred_ptr + n + offs, mask=mask, other=0.0).to(tl.float32)
         v_u = tl.math.div_rn(pred_u - x, denom)
-        v = v_u + tl.load(cfg_ptr) * (v - v_u)
+        if CFG_PER_ROW:
+            scale = tl.load(cfg_ptr + offs // row_size, mask=mask, other=0.0)
+        else:
+            scale = tl.load(cfg_ptr)
+        v = v_u + scale * (v - v_u)
     return v
 
 
 @triton.jit(do_not_specialize=["step"])
-def _sampler_step_kernel(pred_ptr, x_ptr, noise_ptr, times_ptr, running_ptr, out_ptr, step, cfg_ptr, n,
-                         GUIDED: tl.constexpr, BLOCK: tl.constexpr):
+def _sampler_step_kernel(pred_ptr, x_ptr, noise_ptr, times_ptr, running_ptr, out_ptr, step, cfg_ptr, n, row_size,
+                         GUIDED: tl.constexpr, CFG_PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     t = tl.load(running_ptr + step)
@@ -62,7 +70,7 @@ def _sampler_step_kernel(pred_ptr, x_ptr, noise_ptr, times_ptr, running_ptr, out
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     noise = tl.load(noise_ptr + offs, mask=mask, other=0.0)
     sigma = 1.0 - t
-    v = guided_velocity_of(pred_ptr, offs, mask, x, sigma, n, cfg_ptr, GUIDED)
+    v = guided_velocity_of(pred_ptr, offs, mask, x, sigma, n, cfg_ptr, row_size, GUIDED, CFG_PER_ROW)
     var = sigma * sigma - (t * -1.0) * sigma
     score = tl.math.div_rn(t * v - x, var)
     drift = v + sigma * score
@@ -72,8 +80,8 @@ def _sampler_step_kernel(pred_ptr, x_ptr, noise_ptr, times_ptr, running_ptr, out
 
 @triton.jit
 def _sampler_final_kernel(pred_ptr, x_ptr, tokens_ptr, words_ptr, sample_ptr, t_last, step_size, cfg_ptr, n,
-                          GUIDED: tl.constexpr, PACK: tl.constexpr, KEEP_SAMPLE: tl.constexpr,
-                          BLOCK_WORDS: tl.constexpr):
+                          row_size, GUIDED: tl.constexpr, CFG_PER_ROW: tl.constexpr, PACK: tl.constexpr,
+                          KEEP_SAMPLE: tl.constexpr, BLOCK_WORDS: tl.constexpr):
     word = tl.program_id(0).to(tl.int64) * BLOCK_WORDS + tl.arange(0, BLOCK_WORDS)
     bit = tl.arange(0, 32)
     offs = word[:, None] * 32 + bit[None, :]
@@ -81,7 +89,7 @@ def _sampler_final_kernel(pred_ptr, x_ptr, tokens_ptr, words_ptr, sample_ptr, t_
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     # cast first: in the interpreter a float argument is a Python float, and 1.0 - t_last would round in float64
     one_minus_t = 1.0 - tl.cast(t_last, tl.float32)
-    v = guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg_ptr, GUIDED)
+    v = guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg_ptr, row_size, GUIDED, CFG_PER_ROW)
     sample = x + v * step_size
     tokens = sign_of(sample).to(tokens_ptr.dtype.element_ty)
     tl.store(tokens_ptr + offs, tokens, mask=mask)
@@ -98,34 +106,6 @@ def _sampler_final_kernel(pred_ptr, x_ptr, tokens_ptr, words_ptr, sample_ptr, t_
             tl.store(words_ptr + num_words + word, words, mask=word_mask)
 
 
-class FinalTokens(NamedTuple):
-    """What ``sampler_final`` wrote: tokens ``[m·B, P, C]``; packed int32 words ``[m·B, P, C / 32]`` or None;
-    the continuous final sample ``[B, P, C]`` float32 (``sample_patch``'s result, first half) or None."""
-    tokens: torch.Tensor
-    packed: torch.Tensor | None
-    sample: torch.Tensor | None
-
-
-def _check_flags(kernel: str, cfg: float | torch.Tensor, guided: bool, device: torch.device) -> torch.Tensor:
-    """The guidance scale as the float32 device tensor ``[1]`` the kernels read."""
-    if not isinstance(guided, bool):
-        raise TypeError(f"{kernel}: guided must be a bool, got {type(guided).__name__}")
-    if isinstance(cfg, torch.Tensor):
-        check_tensor(kernel, "cfg", cfg.reshape(-1), shape=(1,), dtype=torch.float32, device=device)
-        return cfg
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)):
-        raise TypeError(f"{kernel}: cfg must be a Python float or a float32 device tensor of one element, got "
-                        f"{type(cfg).__name__}")
-    return torch.full((1,), float(cfg), dtype=torch.float32, device=device)
-
-
-def _check_pred_and_x(kernel: str, pred: torch.Tensor, x: torch.Tensor, guided: bool) -> None:
-    """x ``[B, P, C]`` float32; pred ``[m·B, P, C]`` of a float dtype on x's device."""
-    check_tensor(kernel, "x", x, shape=(None, None, None), dtype=torch.float32)
-    rows = x.shape[0] * (2 if guided else 1)
-    check_tensor(kernel, "pred", pred, shape=(rows, x.shape[1], x.shape[2]), dtype=FLOAT_DTYPES, device=x.device)
-
-
 def sampler_step(pred: torch.Tensor, x: torch.Tensor, noise: torch.Tensor, times: torch.Tensor,
                  running: torch.Tensor, step: int, cfg: float | torch.Tensor, guided: bool,
                  out: torch.Tensor | None = None) -> torch.Tensor:
@@ -135,26 +115,19 @@ def sampler_step(pred: torch.Tensor, x: torch.Tensor, noise: torch.Tensor, times
     pred: the head's x-prediction ``[m·B, P, C]`` for ``cat([x]*m)`` (conditional rows first when guided).
     times: ``step_times(N, ...)`` ``[N + 1]`` float32; running: ``running_times(times)`` ``[N]`` float32; the step
     uses ``t = running[step]`` and ``dt = times[step + 1] − times[step]``, both read on the device.
+    cfg: a Python float, or a float32 device tensor of one scale or ``[B]`` (one per row).
     """
     kernel = "sampler_step"
-    _check_pred_and_x(kernel, pred, x, guided)
-    cfg = _check_flags(kernel, cfg, guided, x.device)
+    check_pred_and_x(kernel, pred, x, guided)
+    cfg = check_guidance(kernel, cfg, guided, x)
     check_tensor(kernel, "noise", noise, shape=tuple(x.shape), dtype=torch.float32, device=x.device)
-    check_tensor(kernel, "times", times, shape=(None,), dtype=torch.float32, device=x.device)
-    num_steps = times.shape[0] - 1
-    check_tensor(kernel, "running", running, shape=(num_steps,), dtype=torch.float32, device=x.device)
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < num_steps:
-        raise ValueError(f"{kernel}: step is {step!r}, expected a Python int in [0, {num_steps}) for "
-                         f"{num_steps} sampling steps")
-    if out is None:
-        out = torch.empty_like(x)
-    else:
-        check_tensor(kernel, "out", out, shape=tuple(x.shape), dtype=torch.float32, device=x.device)
+    check_times(kernel, times, running, step, x)
+    out = step_output(kernel, x, out)
     n = x.numel()
     if n:
         _sampler_step_kernel[(triton.cdiv(n, BLOCK),)](
-            pred, x, noise, times, running, out, step, cfg, n, GUIDED=guided, BLOCK=BLOCK,
-            num_warps=NUM_WARPS, enable_fp_fusion=False)
+            pred, x, noise, times, running, out, step, cfg, n, x.shape[1] * x.shape[2], GUIDED=guided,
+            CFG_PER_ROW=cfg_per_row(cfg), BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False)
     return out
 
 
@@ -165,48 +138,22 @@ def sampler_final(pred: torch.Tensor, x: torch.Tensor, cfg: float | torch.Tensor
                   keep_sample: bool = False) -> FinalTokens:
     """The last Euler step ``x + v·last_step_size`` (v at ``t = 1 − last_step_size``), then ``sign``.
 
-    pred ``[m·B, P, C]``, x ``[B, P, C]`` float32 as in ``sampler_step``. Writes tokens ``[m·B, P, C]`` (±1, and 0
-    for an exact 0.0 sample) in ``tokens_dtype`` (default: pred's dtype; float32, bfloat16 or float16); with
-    ``pack`` (or a ``packed_out``) the int32 words ``[m·B, P, C / 32]`` (C a multiple of 32; a 0 token packs as
-    −1); with ``keep_sample`` (or a ``sample_out``) the float32 sample ``[B, P, C]``.
+    pred ``[m·B, P, C]``, x ``[B, P, C]`` float32 and cfg as in ``sampler_step``. Writes tokens ``[m·B, P, C]``
+    (±1, and 0 for an exact 0.0 sample) in ``tokens_dtype`` (default: pred's dtype; float32, bfloat16 or float16);
+    with ``pack`` (or a ``packed_out``) the int32 words ``[m·B, P, C / 32]`` (C a multiple of 32; a 0 token packs
+    as −1); with ``keep_sample`` (or a ``sample_out``) the float32 sample ``[B, P, C]``.
     """
     kernel = "sampler_final"
-    _check_pred_and_x(kernel, pred, x, guided)
-    cfg = _check_flags(kernel, cfg, guided, x.device)
-    if isinstance(last_step_size, bool) or not isinstance(last_step_size, (int, float)) or \
-            not 0.0 < last_step_size <= 1.0:
-        raise ValueError(f"{kernel}: last_step_size is {last_step_size!r}, expected a float in (0, 1]")
-    shape = tuple(pred.shape)
-    if tokens_out is None:
-        dtype = pred.dtype if tokens_dtype is None else tokens_dtype
-        if dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{kernel}: tokens_dtype is {dtype}, expected one of "
-                             f"{', '.join(map(str, FLOAT_DTYPES))}")
-        tokens_out = torch.empty(shape, dtype=dtype, device=x.device)
-    else:
-        check_tensor(kernel, "tokens_out", tokens_out, shape=shape, dtype=FLOAT_DTYPES, device=x.device)
-    pack = pack or packed_out is not None
-    if pack:
-        channels = shape[-1]
-        if channels % BITS_PER_WORD:
-            raise ValueError(f"{kernel}: packing needs a channel count that is a multiple of {BITS_PER_WORD}, "
-                             f"got C = {channels}; pass pack=False and no packed_out")
-        words_shape = (*shape[:-1], channels // BITS_PER_WORD)
-        if packed_out is None:
-            packed_out = torch.empty(words_shape, dtype=torch.int32, device=x.device)
-        else:
-            check_tensor(kernel, "packed_out", packed_out, shape=words_shape, dtype=torch.int32, device=x.device)
-    keep_sample = keep_sample or sample_out is not None
-    if keep_sample:
-        if sample_out is None:
-            sample_out = torch.empty_like(x)
-        else:
-            check_tensor(kernel, "sample_out", sample_out, shape=tuple(x.shape), dtype=torch.float32,
-                         device=x.device)
+    check_pred_and_x(kernel, pred, x, guided)
+    cfg = check_guidance(kernel, cfg, guided, x)
+    check_last_step_size(kernel, last_step_size)
+    result = final_outputs(kernel, pred, x, tokens_out, packed_out, tokens_dtype, pack, sample_out, keep_sample)
     n = x.numel()
     if n:
+        pack, keep_sample = result.packed is not None, result.sample is not None
         _sampler_final_kernel[(triton.cdiv(n, BLOCK_WORDS * BITS_PER_WORD),)](
-            pred, x, tokens_out, packed_out if pack else tokens_out, sample_out if keep_sample else tokens_out,
-            1.0 - last_step_size, float(last_step_size), cfg, n, GUIDED=guided, PACK=pack,
+            pred, x, result.tokens, result.packed if pack else result.tokens,
+            result.sample if keep_sample else result.tokens, 1.0 - last_step_size, float(last_step_size), cfg, n,
+            x.shape[1] * x.shape[2], GUIDED=guided, CFG_PER_ROW=cfg_per_row(cfg), PACK=pack,
             KEEP_SAMPLE=keep_sample, BLOCK_WORDS=BLOCK_WORDS, num_warps=NUM_WARPS, enable_fp_fusion=False)
-    return FinalTokens(tokens_out, packed_out if pack else None, sample_out if keep_sample else None)
+    return result

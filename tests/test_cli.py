@@ -116,3 +116,17 @@ def test_demo(tmp_path: Path, capsys):
     assert "noise" in stdout
     with Image.open(image_path) as image:
         assert image.size == (512, 512)
+
+
+def test_info_reports_the_kernel_choice(t2i64_dir: Path, capsys):
+    """``info`` says which backend and, for the engine, which provider each operation would get here."""
+    assert main(["info", str(t2i64_dir), "--json", "--device", "cpu"]) == 0
+    kernels = json.loads(capsys.readouterr().out)["kernels"]
+    assert kernels["device"] == "cpu" and kernels["backend"].startswith("reference")
+    # tests/conftest.py sets TRITON_INTERPRET=1 on a CPU machine: the Triton engine can be chosen
+    assert main(["info", str(t2i64_dir), "--json", "--device", "cpu", "--backend", "triton"]) == 0
+    kernels = json.loads(capsys.readouterr().out)["kernels"]
+    assert kernels["backend"] == "triton" and "block_attention_decode" in kernels["triton"].split()
+    assert "keyed_noise" in kernels["torch"].split()  # no Triton version: the PyTorch reference, said so
+    assert main(["info", str(t2i64_dir), "--device", "cpu", "--backend", "cuda"]) != 0
+    assert "hand-written CUDA kernels" in capsys.readouterr().err

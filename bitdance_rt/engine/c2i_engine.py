@@ -1,11 +1,13 @@
-"""Class-conditional generation on the engine: static KV cache, Triton kernels in every layer, the fused head loop.
+"""Class-conditional generation on the engine: static KV cache, Triton kernels in every layer, the fused head loop,
+continuous batching of requests at different AR steps.
 
-Rows: the B labels, then (with guidance) B null-class rows, in one batch. Per layer: ``rmsnorm_residual`` (torch
-rounding, as ``nn.RMSNorm``) -> the fused ``wqkv`` GEMM -> ``rope_append_interleaved`` (2-D RoPE in generation
-order, K/V into the cache) -> ``block_attention_prefill`` (the 64 class tokens and P−1 queries: causal over 63,
-then one block) or ``block_attention_decode`` -> ``wo`` -> ``rmsnorm_residual`` -> ``w1`` -> ``swiglu`` -> ``w2``.
-The guidance schedule and the release's step-0 behaviour (an unguided sample over all 2B rows, each row keeping its
-own first patch) are kept.
+Rows: each image slot of a ``SlotBatch`` owns its label's row and (guided) a null-class row. Per layer:
+``rmsnorm_residual`` (torch rounding, as ``nn.RMSNorm``) -> the fused ``wqkv`` GEMM -> ``rope_append_interleaved``
+(2-D RoPE in generation order, K/V into the cache) -> ``block_attention_prefill`` (the 64 class tokens and P−1
+queries: causal over 63, then one block) or ``block_attention_decode`` -> ``wo`` -> ``rmsnorm_residual`` -> ``w1``
+-> ``swiglu`` -> ``w2``. The guidance schedule (one scale per slot, from its AR step) and the release's step-0
+behaviour (an unguided sample over all 2B rows, each row keeping its own first patch: ``_unguided_all_rows``, run
+on a joining request's rows before it steps with the batch) are kept.
 """
 
 from __future__ import annotations
@@ -15,32 +17,30 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..kernels.block_attention import block_attention_prefill
-from ..kernels.kv_append import rope_append_interleaved
-from ..kernels.rmsnorm_residual import rmsnorm_residual
-from ..kernels.swiglu import swiglu
 from ..loading.c2i_checkpoint import C2IModel
+from ..ops import OpSet
 from ..reference.c2i_backbone import NORM_EPS, NUM_CLASSES
 from ..reference.masks import C2I_CAUSAL_LEN
-from ..reference.sampler import linear_guidance
-from .ar_step import AutoregressiveStep, StepBuffers
 from .engine_base import EngineBase
 from .head_loop import FusedHead
-from .request_noise import draw_step_noise
+from .slot_batch import SlotBatch
 from .static_cache import CachePool, StaticKVCache
 
 
 class C2IEngine(EngineBase):
-    def __init__(self, model: C2IModel):
-        super().__init__()
+    def __init__(self, model: C2IModel, ops: OpSet):
+        super().__init__(ops)
         self.model = model
         bb, cfg = model.backbone, model.config
         self.cfg = cfg
         cos, sin = bb.rope_tables()
         self.cos, self.sin = cos.contiguous(), sin.contiguous()
-        self.head = FusedHead(model.head)
+        self.head = FusedHead(model.head, ops)
         self.pool = CachePool(cfg.num_layers, cfg.num_heads, cfg.head_dim, bb.norm.weight.device, bb.norm.weight.dtype)
         self.head_dim, self.token_channels = cfg.head_dim, cfg.token_channels
+        self.width, self.patch = cfg.dim, cfg.parallel
+        self.cache_shape = (cfg.num_layers, cfg.num_heads, cfg.head_dim)
+        self.num_heads, self.ffn_width = cfg.num_heads, bb.layers[0].feed_forward.w1.weight.shape[0]
 
     def _layers(self, x: torch.Tensor, cache: StaticKVCache, attend: Callable[[int, torch.Tensor], torch.Tensor]
                 ) -> torch.Tensor:
@@ -48,19 +48,19 @@ class C2IEngine(EngineBase):
         cfg, bb = self.cfg, self.model.backbone
         b, t, dim = x.shape
         heads, d = cfg.num_heads, cfg.head_dim
-        h, _ = rmsnorm_residual(x.reshape(b * t, dim), None, bb.emb_norm.weight, NORM_EPS, style="torch")
+        h, _ = self.ops.rmsnorm_residual(x.reshape(b * t, dim), None, bb.emb_norm.weight, NORM_EPS, style="torch")
         residual = None
         for i, layer in enumerate(bb.layers):
-            y, residual = rmsnorm_residual(h, residual, layer.attention_norm.weight, NORM_EPS, style="torch")
+            y, residual = self.ops.rmsnorm_residual(h, residual, layer.attention_norm.weight, NORM_EPS, style="torch")
             qkv = F.linear(y, layer.attention.wqkv.weight).view(b, t, 3 * heads, d)
-            q = rope_append_interleaved(qkv[:, :, :heads], qkv[:, :, heads:2 * heads], qkv[:, :, 2 * heads:],
-                                        self.cos, self.sin, cache.keys[i], cache.values[i], cache.lengths)
+            q = self.ops.rope_append_interleaved(qkv[:, :, :heads], qkv[:, :, heads:2 * heads], qkv[:, :, 2 * heads:],
+                                                 self.cos, self.sin, cache.keys[i], cache.values[i], cache.lengths)
             out = attend(i, q).transpose(1, 2).reshape(b * t, heads * d)
             h = F.linear(out, layer.attention.wo.weight)
-            y, residual = rmsnorm_residual(h, residual, layer.ffn_norm.weight, NORM_EPS, style="torch")
+            y, residual = self.ops.rmsnorm_residual(h, residual, layer.ffn_norm.weight, NORM_EPS, style="torch")
             ff = layer.feed_forward
-            h = F.linear(swiglu(F.linear(y, ff.w1.weight)), ff.w2.weight)
-        y, _ = rmsnorm_residual(h, residual, bb.norm.weight, NORM_EPS, style="torch")
+            h = F.linear(self.ops.swiglu(F.linear(y, ff.w1.weight)), ff.w2.weight)
+        y, _ = self.ops.rmsnorm_residual(h, residual, bb.norm.weight, NORM_EPS, style="torch")
         return y.view(b, t, dim)
 
     def prefill(self, labels: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
@@ -72,53 +72,49 @@ class C2IEngine(EngineBase):
         cache.lengths.zero_()
 
         def attend(i: int, q: torch.Tensor) -> torch.Tensor:
-            return block_attention_prefill(q, cache.keys[i], cache.values[i], lengths, causal, cfg.parallel, scale)
+            return self.ops.block_attention_prefill(q, cache.keys[i], cache.values[i], lengths, causal, cfg.parallel,
+                                                    scale)
 
         hidden = self._layers(self.model.backbone.class_tokens(labels), cache, attend)
         cache.lengths.copy_(lengths)
         return hidden
 
-    def generate_tokens(self, labels: list[int], num_steps: int, guidance: float,
-                        generators: list[torch.Generator],
-                        progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Tokens ``[B, h·w, C]`` of the conditional rows; ``generators``: one per label row."""
-        cfg = self.cfg
-        bb, p = self.model.backbone, cfg.parallel
-        num_ar = cfg.num_tokens // p
-        batch = len(labels)
-        rows = labels + ([NUM_CLASSES] * batch if guidance > 1.0 else [])
-        cache = self.pool.get(len(rows), cfg.num_prefix + cfg.num_tokens)
-        hidden = self.prefill(torch.tensor(rows, device=cache.lengths.device), cache)[:, -p:]
-        # the guidance schedule changes the scale every AR step: the sampler kernels read it on the device
-        guided = guidance > 1.0
-        step = self.ar_step(cache, hidden, batch, num_steps, guided, key=(cache.batch, num_steps, guided))
-        out = []
-        for i in range(num_ar):
-            scale = linear_guidance(guidance, i, num_ar)
-            block_pos = bb.pos_for_diff.weight[i * p:(i + 1) * p]
-            if guidance > 1.0 and scale <= 1.0:
-                # the release's step 0: an unguided sample over all 2B rows, each row keeping its own patch
-                tokens = self._unguided_all_rows(step, block_pos, num_steps, generators)
-            else:
-                tokens = step.head(block_pos, scale, generators)
-            out.append(tokens[:batch].clone())
-            if i + 1 < num_ar:
-                step.decode()
-            if progress is not None:
-                progress(i + 1, num_ar)
-        return torch.cat(out, dim=1)
+    # ------------------------------------------------------------------ continuous batching
+    @property
+    def hidden_dtype(self) -> torch.dtype:
+        return self.model.backbone.norm.weight.dtype
 
-    def _unguided_all_rows(self, step: AutoregressiveStep, block_pos: torch.Tensor, num_steps: int,
-                           generators: list[torch.Generator]) -> torch.Tensor:
-        """Sample every row on its own (eager), and leave the tokens where ``decode`` reads them."""
-        b = step.buffers
-        rows, p, _ = b.hidden.shape
-        noise = torch.empty(num_steps + 1, rows, p, self.cfg.token_channels, device=b.hidden.device)
-        draw_step_noise(generators, rows // len(generators), num_steps, p, self.cfg.token_channels, noise)
-        b.pos.copy_(block_pos)
-        tokens = self.head.sample(b.hidden + b.pos, noise, 1.0, False, self.head.step_times(num_steps))
-        step.set_tokens(tokens)
-        return tokens
+    def request_rows(self, label: int, num_images: int, guided: bool) -> list[int]:
+        """Class ids of one request's cache rows, in slot order: per image its label, then (guided) the null
+        class."""
+        return [row for _ in range(num_images) for row in ((label, NUM_CLASSES) if guided else (label,))]
 
-    def embed_feedback(self, tokens: torch.Tensor, buffers: StepBuffers) -> torch.Tensor:
+    def block_positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        """``pos_for_diff`` of every AR step, ``[h·w / P, P, dim]`` float32."""
+        p = self.cfg.parallel
+        return self.model.backbone.pos_for_diff.weight.float().view(-1, p, self.cfg.dim)
+
+    def join(self, batch: SlotBatch, first_slot: int, rows: list[int]) -> None:
+        """A joining request's prefill, its rows only: class ids ``rows`` (``request_rows``) into the cache rows of
+        its slots ``first_slot ..``; the hidden states of their first block land in ``batch.hidden``."""
+        span = batch.row_range(first_slot, len(rows) // batch.mult)
+        if span.stop - span.start != len(rows):
+            raise ValueError(f"C2IEngine.join: {len(rows)} rows do not fill whole slots of {batch.mult} rows")
+        labels = torch.tensor(rows, device=batch.hidden.device)
+        batch.hidden[span] = self.prefill(labels, batch.cache.rows(span.start, span.stop))[:, -self.cfg.parallel:]
+        batch.live[span] = 1
+
+    def _unguided_all_rows(self, batch: SlotBatch, first_slot: int, count: int, block_pos: torch.Tensor,
+                           noise: torch.Tensor) -> torch.Tensor:
+        """The release's guided step 0 for ``count`` slots (one or more joining requests), eager: each of their
+        ``2·count`` rows (conditional and null-class) sampled unguided on its own, with ``noise [N + 1, 2·count, P,
+        C]`` in the sampler's row order (conditional rows of the slots, then their null-class rows). Returns the
+        tokens ``[2·count, P, C]`` in cache-row order (``decode_rows`` feeds them back)."""
+        span = batch.row_range(first_slot, count)
+        p, c, w = self.cfg.parallel, self.token_channels, self.cfg.dim
+        cond = (batch.hidden[span] + block_pos).view(count, 2, p, w).transpose(0, 1).reshape(2 * count, p, w)
+        tokens = self.head.sample(cond, noise, 1.0, False, self.head.step_times(noise.shape[0] - 1))
+        return tokens.view(2, count, p, c).transpose(0, 1).reshape(2 * count, p, c)
+
+    def embed_feedback(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return self.model.backbone.embed_tokens(tokens)

@@ -1,7 +1,12 @@
-"""What both families' engines share: the decode step over the static cache and the per-bucket AR steps.
+"""What both families' engines share: the decode step over the static cache, and continuous batches of image slots
+(``SlotBatch``) with their per-prefix AR steps.
 
-A subclass provides ``_layers(x, cache, attend)`` (its backbone on the kernels), ``head`` (a ``FusedHead``) and
-``embed_feedback(tokens, buffers)`` (the next block's input embeddings from the sampled tokens).
+A subclass provides ``_layers(x, cache, attend)`` (its backbone on the kernels), ``head`` (a ``FusedHead``),
+``width`` (the backbone width), ``embed_feedback(tokens, pos)`` (the next block's input embeddings from the sampled
+tokens and each row's position term) and ``block_positions(grid)`` (the position terms of every AR step).
+
+A batch's AR step computes every row of the slots it covers (free slots too: their rows are computed and ignored),
+so with a fixed prefix size a row's result depends only on its own inputs, never on what shares the batch.
 """
 
 from __future__ import annotations
@@ -10,28 +15,54 @@ from typing import Callable
 
 import torch
 
-from ..kernels.block_attention import block_attention_decode
-from .ar_step import AutoregressiveStep, StepBuffers, build_step
+from ..ops import OpSet
+from .ar_step import AutoregressiveStep, build_step
 from .cuda_graphs import graphs_available
 from .head_loop import FusedHead
+from .slot_batch import SlotBatch
 from .static_cache import StaticKVCache
+
+# the operations an AR step (backbone decode and head loop) calls, all captured into its CUDA graphs
+STEP_OPS = ("block_attention_decode", "qk_norm_rope_append", "rope_append_interleaved", "rmsnorm_residual", "swiglu",
+            "layernorm_modulate", "gated_residual", "patch_attention", "sampler_step_keyed", "keyed_noise",
+            "sampler_final")
+# PyTorch-provider operations that read nothing on the host, so a graph can hold them (the keyed Philox draw)
+CAPTURABLE_TORCH_OPS = ("keyed_noise",)
 
 
 class EngineBase:
     head: FusedHead
     head_dim: int
     token_channels: int
+    width: int
+    cache_shape: tuple[int, int, int]  # layers, KV heads, head dim
 
-    def __init__(self):
-        self.use_cuda_graphs = True
-        self._graphs: dict[tuple, AutoregressiveStep] = {}
+    def __init__(self, ops: OpSet):
+        self.ops = ops
+        # graphs need every operation of a step capturable: the torch provider reads lengths on the host
+        self.use_cuda_graphs = all(ops.chosen.get(name) != "torch" for name in STEP_OPS
+                                   if name not in CAPTURABLE_TORCH_OPS)
+        self._batches: dict[tuple, SlotBatch] = {}
 
     def _layers(self, x: torch.Tensor, cache: StaticKVCache,
                 attend: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def embed_feedback(self, tokens: torch.Tensor, buffers: StepBuffers) -> torch.Tensor:
+    def embed_feedback(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.adaln_weight.device
+
+    @property
+    def hidden_dtype(self) -> torch.dtype:
+        raise NotImplementedError
+
+    @property
+    def token_dtype(self) -> torch.dtype:
+        """dtype of the head's sampled tokens (the head's weights)."""
+        return self.head.head.input_proj.weight.dtype
 
     def decode(self, embeds: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
         """One block of P embeddings per row ``[B, P, width]`` -> hidden states ``[B, P, width]``; the block attends
@@ -39,31 +70,61 @@ class EngineBase:
         scale = self.head_dim ** -0.5
 
         def attend(i: int, q: torch.Tensor) -> torch.Tensor:
-            return block_attention_decode(q, cache.keys[i], cache.values[i], cache.lengths, scale)
+            return self.ops.block_attention_decode(q, cache.keys[i], cache.values[i], cache.lengths, scale)
 
         hidden = self._layers(embeds, cache, attend)
         cache.lengths += embeds.shape[1]
         return hidden
 
-    def ar_step(self, cache: StaticKVCache, hidden: torch.Tensor, noise_rows: int, num_steps: int,
-                guided: bool, key: tuple) -> AutoregressiveStep:
-        """The AR step for this shape bucket, its ``buffers.hidden`` set to ``hidden``: on CUDA captured into graphs
-        once per ``key`` and replayed for every later request; eager elsewhere."""
-        graphed = self.use_cuda_graphs and graphs_available(hidden.device)
-        if not graphed or key not in self._graphs:
-            times = self.head.step_times(num_steps)
+    # ------------------------------------------------------------------ continuous batches
+    def slot_batch(self, key: tuple, slots: int, max_len: int, num_steps: int, guided: bool) -> SlotBatch:
+        """The batch of ``slots`` image slots for ``key`` (one per key and size, allocated on first use and kept:
+        its CUDA graphs stay valid for later requests until ``release_batch``)."""
+        full_key = (key, slots)
+        if full_key not in self._batches:
+            layers, kv_heads, head_dim = self.cache_shape
+            rows = slots * (2 if guided else 1)
+            cache = StaticKVCache(layers, rows, kv_heads, max_len, head_dim, self.device, self.hidden_dtype)
+            self._batches[full_key] = SlotBatch.allocate(cache, slots, guided, self.patch, self.width,
+                                                         self.token_channels, num_steps, self.hidden_dtype,
+                                                         self.token_dtype)
+        return self._batches[full_key]
 
-            def head(b: StepBuffers) -> torch.Tensor:
-                return self.head.sample(b.hidden + b.pos, b.noise, b.cfg, guided, times)
+    def release_batch(self, key: tuple, slots: int) -> None:
+        """Drop a batch (its cache, buffers and graphs); the memory returns to the allocator."""
+        self._batches.pop((key, slots), None)
 
-            def decode(b: StepBuffers, tokens: torch.Tensor) -> torch.Tensor:
-                return b.hidden.copy_(self.decode(self.embed_feedback(tokens, b), cache))
+    def ar_step(self, batch: SlotBatch, slots: int) -> AutoregressiveStep:
+        """The AR step over the first ``slots`` slots of ``batch``: built once per prefix size and kept by the
+        batch; on CUDA captured into graphs (the caller fills pos, cfg and noise before each ``head()``)."""
+        if slots not in batch.steps:
+            view = batch.prefix(slots)
+            graphed = self.use_cuda_graphs and graphs_available(view.hidden.device)
+            times = self.head.step_times(view.num_steps)
+            p, w, c, m = view.patch, self.width, self.token_channels, view.mult
 
-            buffers = StepBuffers.allocate(hidden, num_steps, noise_rows, self.token_channels)
-            step = build_step(buffers, head, decode, cache, graphed)
-            if not graphed:
-                return step
-            self._graphs[key] = step
-        step = self._graphs[key]
-        step.buffers.hidden.copy_(hidden)
-        return step
+            def head() -> torch.Tensor:
+                cond = view.hidden + view.pos
+                if view.guided:  # cache rows (cond, uncond) per slot -> the sampler's halves [cond..., uncond...]
+                    cond = cond.view(slots, 2, p, w).transpose(0, 1).reshape(2 * slots, p, w)
+                keys = (view.seeds, view.ar_steps, view.rows_in_request)
+                tokens = self.head.sample_keyed(cond, keys, view.cfg, view.guided, times)
+                if view.guided:
+                    view.feedback.view(slots, 2, p, c).copy_(tokens.view(2, slots, p, c).transpose(0, 1))
+                else:
+                    view.feedback.copy_(tokens)
+                return view.feedback.view(slots, m, p, c)[:, 0]
+
+            def decode() -> torch.Tensor:
+                view.hidden.copy_(self.decode(self.embed_feedback(view.feedback, view.pos), view.cache))
+                return view.cache.lengths.mul_(view.live)
+
+            batch.steps[slots] = build_step(head, decode, [view.hidden, view.cache.lengths], graphed)
+        return batch.steps[slots]
+
+    def decode_rows(self, batch: SlotBatch, first_slot: int, count: int, tokens: torch.Tensor) -> None:
+        """Feed ``tokens [rows, P, C]`` (cache-row order) back through the rows of ``count`` slots only (eager):
+        their hidden states are replaced and their lengths advance by P."""
+        rows = batch.row_range(first_slot, count)
+        cache = batch.cache.rows(rows.start, rows.stop)
+        batch.hidden[rows] = self.decode(self.embed_feedback(tokens, batch.pos[rows]), cache)

@@ -1,4 +1,4 @@
-"""The diffusion head's whole sampling loop for one AR step, on the Triton kernels.
+"""The diffusion head's whole sampling loop for one AR step, on the engine's operations (``bitdance_rt.ops``).
 
 Work hoisted out of the loop:
 - per model and step count: the time embeddings ``time_embed(t)`` of all N running times and the final time
@@ -10,6 +10,8 @@ Per sampling step: ``input_proj`` of the conditional half only (both halves see 
 ``layernorm_modulate`` / ``patch_attention`` / ``gated_residual`` / ``swiglu`` with torch matmuls for the linears,
 the final layer, then ``sampler_step`` (velocity, guidance, score, drift, noise) in one kernel; the last step is
 ``sampler_final`` (Euler step and sign). Shapes: conditioning ``[rows, P, C_cond]``, noise ``[N + 1, rows/m, P, C]``.
+``sample_keyed`` is the same loop with the noise drawn from per-row Philox keys (``sampler_step_keyed``: in the
+CUDA kernel's registers on the "cuda" chain), so no noise tensor is staged.
 """
 
 from __future__ import annotations
@@ -19,11 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..kernels.gated_residual import gated_residual
-from ..kernels.layernorm_modulate import layernorm_modulate
-from ..kernels.patch_attention import patch_attention
-from ..kernels.sampler_step import sampler_final, sampler_step
-from ..kernels.swiglu import swiglu
+from ..ops import OpSet
 from ..reference.diffusion_head import LN_EPS, DiffusionHead
 from .fused_weights import fuse_linears
 from ..reference.sampler import LAST_STEP_SIZE, running_times, step_times
@@ -38,8 +36,8 @@ class StepTimes:
 
 
 class FusedHead:
-    def __init__(self, head: DiffusionHead):
-        self.head = head
+    def __init__(self, head: DiffusionHead, ops: OpSet):
+        self.head, self.ops = head, ops
         cfg = head.cfg
         self.cfg = cfg
         self.mods_per_block = 6 if cfg.block_kind == "trans" else 3
@@ -79,41 +77,59 @@ class FusedHead:
                 x = self._trans_block(blk, x, mod, mult * b, p)
             else:
                 scale, shift, gate = mod
-                h = layernorm_modulate(x, scale, shift, blk.norm.weight, blk.norm.bias, LN_EPS)
-                h = F.linear(swiglu(F.linear(h, blk.w1.weight, blk.w1.bias)), blk.w2.weight, blk.w2.bias)
-                x = gated_residual(x, h, gate, out=x)
-        h = layernorm_modulate(x, f_scale, f_shift, None, None, LN_EPS)
+                h = self.ops.layernorm_modulate(x, scale, shift, blk.norm.weight, blk.norm.bias, LN_EPS)
+                h = F.linear(self.ops.swiglu(F.linear(h, blk.w1.weight, blk.w1.bias)), blk.w2.weight, blk.w2.bias)
+                x = self.ops.gated_residual(x, h, gate, out=x)
+        h = self.ops.layernorm_modulate(x, f_scale, f_shift, None, None, LN_EPS)
         out = head.final_layer.linear(h).reshape(mult * b, p, cfg.token_channels)
         return 2 * torch.sigmoid(out) - 1 if cfg.sigmoid_output else out
 
     def _trans_block(self, blk, x: torch.Tensor, mod, rows: int, p: int) -> torch.Tensor:
         cfg = self.cfg
         scale1, shift1, gate1, scale2, shift2, gate2 = mod
-        h = layernorm_modulate(x, scale1, shift1, blk.norm1.weight, blk.norm1.bias, LN_EPS)
+        h = self.ops.layernorm_modulate(x, scale1, shift1, blk.norm1.weight, blk.norm1.bias, LN_EPS)
         qkv = F.linear(h, blk.attn.wqkv.weight, blk.attn.wqkv.bias).reshape(rows, p, 3 * cfg.width)
-        att = patch_attention(qkv, cfg.attn_head_dim).reshape(rows * p, cfg.width)
-        x = gated_residual(x, F.linear(att, blk.attn.wo.weight, blk.attn.wo.bias), gate1, out=x)
-        h = layernorm_modulate(x, scale2, shift2, blk.norm2.weight, blk.norm2.bias, LN_EPS)
+        att = self.ops.patch_attention(qkv, cfg.attn_head_dim).reshape(rows * p, cfg.width)
+        x = self.ops.gated_residual(x, F.linear(att, blk.attn.wo.weight, blk.attn.wo.bias), gate1, out=x)
+        h = self.ops.layernorm_modulate(x, scale2, shift2, blk.norm2.weight, blk.norm2.bias, LN_EPS)
         if cfg.use_swiglu:
-            h = F.linear(swiglu(F.linear(h, blk.w1.weight, blk.w1.bias)), blk.w2.weight, blk.w2.bias)
+            h = F.linear(self.ops.swiglu(F.linear(h, blk.w1.weight, blk.w1.bias)), blk.w2.weight, blk.w2.bias)
         else:
             h = blk.mlp(h)
-        return gated_residual(x, h, gate2, out=x)
+        return self.ops.gated_residual(x, h, gate2, out=x)
 
-    def sample(self, cond: torch.Tensor, noise: torch.Tensor, cfg_scale: float, guided: bool,
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor, cfg_scale: float | torch.Tensor, guided: bool,
                times: StepTimes) -> torch.Tensor:
         """Tokens ``[rows, P, C]`` (sign of the final sample, both halves equal when guided) for conditioning
-        ``cond [rows, P, C_cond]`` and noise ``[N + 1, rows/m, P, C]`` (entry 0: the start sample)."""
+        ``cond [rows, P, C_cond]`` and noise ``[N + 1, rows/m, P, C]`` (entry 0: the start sample). ``cfg_scale``:
+        a float, or a float32 device tensor of one scale or one per conditional row ``[rows/m]``."""
+        def step(pred: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
+            return self.ops.sampler_step(pred, x, noise[i + 1], times.times, times.running, i, cfg_scale, guided,
+                                         out=x)
+        return self._loop(cond, noise[0].clone(), step, cfg_scale, guided, times)
+
+    def sample_keyed(self, cond: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                     cfg_scale: float | torch.Tensor, guided: bool, times: StepTimes) -> torch.Tensor:
+        """As ``sample``, with the noise drawn in the loop from ``keys = (seeds int64, ar_steps int32,
+        rows_in_request int32)``, one entry per conditional row (``engine/request_noise.py``)."""
+        p, channels = cond.shape[1], self.cfg.token_channels
+
+        def step(pred: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
+            return self.ops.sampler_step_keyed(pred, x, times.times, times.running, i, cfg_scale, guided, *keys,
+                                               out=x)
+        return self._loop(cond, self.ops.keyed_noise(*keys, 0, p, channels), step, cfg_scale, guided, times)
+
+    def _loop(self, cond: torch.Tensor, x: torch.Tensor, step, cfg_scale: float | torch.Tensor, guided: bool,
+              times: StepTimes) -> torch.Tensor:
+        """The sampling loop from the start sample ``x [rows/m, P, C]``; ``step(pred, x, i)`` is sampling step i."""
         mult = 2 if guided else 1
         rows, p, _ = cond.shape
         dtype = self.head.input_proj.weight.dtype
         c_emb = self.head.cond_embed(cond.to(dtype)).reshape(rows * p, self.cfg.width)
-        x = noise[0].clone()
-        num_steps = noise.shape[0] - 1
+        num_steps = times.times.shape[0] - 1
         for i in range(num_steps):
             y = F.silu(c_emb + times.embeddings[i])
-            pred = self.forward(x, y, mult)
-            x = sampler_step(pred, x, noise[i + 1], times.times, times.running, i, cfg_scale, guided, out=x)
+            x = step(self.forward(x, y, mult), x, i)
         y = F.silu(c_emb + times.embeddings[num_steps])
         pred = self.forward(x, y, mult)
-        return sampler_final(pred, x, cfg_scale, guided).tokens
+        return self.ops.sampler_final(pred, x, cfg_scale, guided).tokens

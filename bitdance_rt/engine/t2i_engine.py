@@ -1,12 +1,13 @@
-"""Text-to-image generation on the engine: one batch for conditional and unconditional rows, a static KV cache,
-Triton kernels in every layer.
+"""Text-to-image generation on the engine: conditional and unconditional rows in one batch, a static KV cache,
+Triton kernels in every layer, continuous batching of requests at different AR steps.
 
-Rows: ``[conditional rows (prompt-major, num_images each), unconditional rows]`` in ONE batch (the release runs
-two), each row with its own prompt length, padded for the prefill and tracked by the cache's device ``lengths``.
-Per layer: ``rmsnorm_residual`` -> one GEMM for q/k/v -> ``qk_norm_rope_append`` (q/k RMSNorm, RoPE at each row's
-positions, K/V written into the cache) -> ``block_attention_prefill`` / ``block_attention_decode`` -> ``o_proj``
--> ``rmsnorm_residual`` -> one GEMM for gate/up -> ``swiglu`` -> ``down_proj``. The prefill is one pass with the
-block mask (the release makes two calls: a causal prefix, then the first block).
+Rows: each image slot of a ``SlotBatch`` owns its conditional row and (guided) its unconditional row; each row has
+its own prompt length, padded for the prefill and tracked by the cache's device ``lengths``. A joining request is
+prefilled on its own rows (``join``), then steps with the batch. Per layer: ``rmsnorm_residual`` -> one GEMM for
+q/k/v -> ``qk_norm_rope_append`` (q/k RMSNorm, RoPE at each row's positions, K/V written into the cache) ->
+``block_attention_prefill`` / ``block_attention_decode`` -> ``o_proj`` -> ``rmsnorm_residual`` -> one GEMM for
+gate/up -> ``swiglu`` -> ``down_proj``. The prefill is one pass with the block mask (the release makes two calls: a
+causal prefix, then the first block).
 """
 
 from __future__ import annotations
@@ -16,26 +17,23 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..kernels.block_attention import block_attention_prefill
-from ..kernels.kv_append import qk_norm_rope_append
-from ..kernels.rmsnorm_residual import rmsnorm_residual
-from ..kernels.swiglu import swiglu
 from ..loading.t2i_checkpoint import T2IModel
+from ..ops import OpSet
 from ..prompt_tokenizer import chat_prompt
 from ..reference.rope import rotate_half_tables
 from ..reference.t2i_embeddings import t2i_position_table
-from .ar_step import StepBuffers
 from .engine_base import EngineBase
 from .fused_weights import fuse_linears
 from .head_loop import FusedHead
+from .slot_batch import SlotBatch
 from .static_cache import CachePool, StaticKVCache
 
 CACHE_LEN_QUANTUM = 256  # cache lengths are rounded up to this, so requests of similar length share a bucket
 
 
 class T2IEngine(EngineBase):
-    def __init__(self, model: T2IModel, max_positions: int = 8192):
-        super().__init__()
+    def __init__(self, model: T2IModel, ops: OpSet, max_positions: int = 8192):
+        super().__init__(ops)
         self.model = model
         bb, cfg = model.backbone, model.backbone_config
         self.cfg = cfg
@@ -44,10 +42,15 @@ class T2IEngine(EngineBase):
         device = bb.embed_tokens.weight.device
         cos, sin = rotate_half_tables(torch.arange(max_positions, device=device), cfg.head_dim, cfg.rope_theta)
         self.cos, self.sin = cos.contiguous(), sin.contiguous()
-        self.head = FusedHead(model.head)
+        self.max_positions = max_positions
+        self.head = FusedHead(model.head, ops)
         self.pool = CachePool(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, device,
                               bb.embed_tokens.weight.dtype)
         self.head_dim, self.token_channels = cfg.head_dim, model.token_channels
+        self.width, self.patch = cfg.hidden_size, model.parallel
+        self.cache_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
+        self.num_heads, self.ffn_width = cfg.num_attention_heads, cfg.intermediate_size
+        self._positions: dict[tuple[int, int], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ backbone
     def _layers(self, x: torch.Tensor, cache: StaticKVCache, attend: Callable[[int, torch.Tensor], torch.Tensor]
@@ -59,17 +62,18 @@ class T2IEngine(EngineBase):
         h, residual = x.reshape(b * t, hidden), None
         for i, layer in enumerate(bb.layers):
             attn = layer.self_attn
-            y, residual = rmsnorm_residual(h, residual, layer.input_layernorm.weight, cfg.rms_norm_eps, style="hf")
+            y, residual = self.ops.rmsnorm_residual(h, residual, layer.input_layernorm.weight, cfg.rms_norm_eps,
+                                                    style="hf")
             qkv = F.linear(y, *self.qkv[i]).view(b, t, hq + 2 * hkv, d)
-            q = qk_norm_rope_append(qkv[:, :, :hq], qkv[:, :, hq:hq + hkv], qkv[:, :, hq + hkv:],
-                                    attn.q_norm.weight, attn.k_norm.weight, cfg.rms_norm_eps, self.cos, self.sin,
-                                    cache.keys[i], cache.values[i], cache.lengths)
+            q = self.ops.qk_norm_rope_append(qkv[:, :, :hq], qkv[:, :, hq:hq + hkv], qkv[:, :, hq + hkv:],
+                                             attn.q_norm.weight, attn.k_norm.weight, cfg.rms_norm_eps, self.cos,
+                                             self.sin, cache.keys[i], cache.values[i], cache.lengths)
             out = attend(i, q).transpose(1, 2).reshape(b * t, hq * d)
             h = F.linear(out, attn.o_proj.weight, attn.o_proj.bias)
-            y, residual = rmsnorm_residual(h, residual, layer.post_attention_layernorm.weight, cfg.rms_norm_eps,
-                                           style="hf")
-            h = F.linear(swiglu(F.linear(y, self.gate_up[i])), layer.mlp.down_proj.weight)
-        y, _ = rmsnorm_residual(h, residual, bb.norm.weight, cfg.rms_norm_eps, style="hf")
+            y, residual = self.ops.rmsnorm_residual(h, residual, layer.post_attention_layernorm.weight,
+                                                    cfg.rms_norm_eps, style="hf")
+            h = F.linear(self.ops.swiglu(F.linear(y, self.gate_up[i])), layer.mlp.down_proj.weight)
+        y, _ = self.ops.rmsnorm_residual(h, residual, bb.norm.weight, cfg.rms_norm_eps, style="hf")
         return y.view(b, t, hidden)
 
     def prefill(self, rows: list[list[int]], cache: StaticKVCache) -> torch.Tensor:
@@ -86,45 +90,46 @@ class T2IEngine(EngineBase):
         cache.lengths.zero_()
 
         def attend(i: int, q: torch.Tensor) -> torch.Tensor:
-            return block_attention_prefill(q, cache.keys[i], cache.values[i], lengths, causal, p, scale)
+            return self.ops.block_attention_prefill(q, cache.keys[i], cache.values[i], lengths, causal, p, scale)
 
         hidden = self._layers(self.model.backbone.embed(ids), cache, attend)
         cache.lengths.copy_(lengths)
         last = (lengths.long() - p)[:, None] + torch.arange(p, device=device)
         return hidden.gather(1, last[:, :, None].expand(-1, -1, hidden.shape[2]))
 
-    # ------------------------------------------------------------------ generation
-    def generate_tokens(self, prompts: list[str], negative_prompts: list[str | None], num_images: int,
-                        grid: tuple[int, int], num_steps: int, guidance: float, generators: list[torch.Generator],
-                        progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Tokens ``[prompts·num_images, h·w, C]`` in generation order; ``generators``: one per image row."""
-        model, p = self.model, self.model.parallel
-        h, w = grid
-        num_ar = h * w // p
-        start_ids = model.tokenizer.image_start_ids(h, w, p)
-        rows = [model.tokenizer.encode(chat_prompt(pr)) + start_ids for pr in prompts for _ in range(num_images)]
-        guided = guidance > 1.0
-        if guided:
-            rows += [model.tokenizer.encode(chat_prompt(neg)) + start_ids
-                     for neg in negative_prompts for _ in range(num_images)]
-        cond_rows = len(prompts) * num_images
-        needed = max(map(len, rows)) + (num_ar - 1) * p
-        cache = self.pool.get(len(rows), -(-needed // CACHE_LEN_QUANTUM) * CACHE_LEN_QUANTUM)
-        device = cache.lengths.device
-        pos = t2i_position_table(h, w, self.cfg.hidden_size, int(round(p ** 0.5))).to(device)
-        hidden = self.prefill(rows, cache)
-        step = self.ar_step(cache, hidden, cond_rows, num_steps, guided,
-                            key=(cache.batch, cache.max_len, cond_rows, num_steps, guided))
-        out = []
-        for k in range(num_ar):
-            out.append(step.head(pos[k * p:(k + 1) * p], guidance, generators)[:cond_rows].clone())
-            if k + 1 < num_ar:
-                step.decode()
-            if progress is not None:
-                progress(k + 1, num_ar)
-        return torch.cat(out, dim=1)
+    # ------------------------------------------------------------------ continuous batching
+    @property
+    def hidden_dtype(self) -> torch.dtype:
+        return self.model.backbone.embed_tokens.weight.dtype
 
-    def embed_feedback(self, tokens: torch.Tensor, buffers: StepBuffers) -> torch.Tensor:
-        """Projected tokens plus the block's position term, in the backbone's dtype."""
+    def request_rows(self, prompt: str, negative_prompt: str | None, grid: tuple[int, int], num_images: int,
+                     guided: bool) -> list[list[int]]:
+        """Token ids of one request's cache rows, in slot order: per image its prompt row, then (guided) its
+        negative-prompt row (the unconditional prompt when ``None``); each ends with the image-start tokens."""
+        tok, p = self.model.tokenizer, self.model.parallel
+        start = tok.image_start_ids(grid[0], grid[1], p)
+        cond = tok.encode(chat_prompt(prompt)) + start
+        uncond = tok.encode(chat_prompt(negative_prompt)) + start
+        return [row for _ in range(num_images) for row in ((cond, uncond) if guided else (cond,))]
+
+    def block_positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The 2-D position term of every AR step, ``[h·w / P, P, hidden]`` float32 (cached per grid)."""
+        if grid not in self._positions:
+            p = self.model.parallel
+            table = t2i_position_table(grid[0], grid[1], self.cfg.hidden_size, int(round(p ** 0.5)))
+            self._positions[grid] = table.to(self.device).view(-1, p, self.cfg.hidden_size)
+        return self._positions[grid]
+
+    def join(self, batch: SlotBatch, first_slot: int, rows: list[list[int]]) -> None:
+        """A joining request's prefill, its rows only: ``rows`` (``request_rows``) into the cache rows of its slots
+        ``first_slot ..``; their hidden states of the first block land in ``batch.hidden``."""
+        span = batch.row_range(first_slot, len(rows) // batch.mult)
+        if span.stop - span.start != len(rows):
+            raise ValueError(f"T2IEngine.join: {len(rows)} rows do not fill whole slots of {batch.mult} rows")
+        batch.hidden[span] = self.prefill(rows, batch.cache.rows(span.start, span.stop))
+        batch.live[span] = 1
+
+    def embed_feedback(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Projected tokens plus each row's position term, in the backbone's dtype."""
         dtype = self.model.backbone.embed_tokens.weight.dtype
-        return (self.model.projector(tokens) + buffers.pos).to(dtype)
+        return (self.model.projector(tokens) + pos).to(dtype)

@@ -43,11 +43,14 @@ def step_times(num_steps: int, shift: float, device: torch.device | str,
     return time_shift(t, shift)
 
 
-def guided_velocity(v: torch.Tensor, cfg: float, guided: bool) -> torch.Tensor:
-    """``v_u + cfg·(v_c − v_u)`` over the two halves of ``v`` (float32); ``v`` itself when not guided."""
+def guided_velocity(v: torch.Tensor, cfg: float | torch.Tensor, guided: bool) -> torch.Tensor:
+    """``v_u + cfg·(v_c − v_u)`` over the two halves of ``v`` (float32); ``v`` itself when not guided. ``cfg``: a
+    Python float, or a float32 tensor of one scale or one per row (``[B]``, B = half the rows of ``v``)."""
     v = v.to(torch.float32)
     if not guided:
         return v
+    if isinstance(cfg, torch.Tensor):
+        cfg = cfg.reshape(-1, 1, 1)
     v_cond, v_uncond = torch.chunk(v, 2, dim=0)
     return v_uncond + cfg * (v_cond - v_uncond)
 
@@ -81,16 +84,17 @@ def running_times(times: torch.Tensor) -> torch.Tensor:
 
 
 def step_from_prediction(pred: torch.Tensor, x: torch.Tensor, t: torch.Tensor, dt: torch.Tensor,
-                         noise: torch.Tensor, cfg: float, guided: bool) -> torch.Tensor:
+                         noise: torch.Tensor, cfg: float | torch.Tensor, guided: bool) -> torch.Tensor:
     """One Euler–Maruyama step from the head's x-prediction ``pred [m·B, P, C]`` of ``cat([x]*m)`` at time ``t``.
 
-    x, noise: ``[B, P, C]`` float32; t, dt: 0-d float32. Returns the new ``x [B, P, C]`` (float32)."""
+    x, noise: ``[B, P, C]`` float32; t, dt: 0-d float32; cfg a float or a float32 tensor ``[1]`` / ``[B]`` (per
+    row). Returns the new ``x [B, P, C]`` (float32)."""
     x_in = torch.cat([x] * (2 if guided else 1), dim=0)
     v = guided_velocity(velocity(pred, x_in, t.expand(x_in.shape[0])), cfg, guided)
     return euler_maruyama_update(x, v, t, dt, noise)
 
 
-def final_step_from_prediction(pred: torch.Tensor, x: torch.Tensor, cfg: float, guided: bool,
+def final_step_from_prediction(pred: torch.Tensor, x: torch.Tensor, cfg: float | torch.Tensor, guided: bool,
                                last_step_size: float = LAST_STEP_SIZE) -> torch.Tensor:
     """The last step, plain Euler without noise: ``x + v·last_step_size`` with v evaluated at
     ``t = 1 − last_step_size`` (rounded to float32). Shapes as ``step_from_prediction``; returns ``[B, P, C]``."""

@@ -7,17 +7,18 @@ import pytest
 import torch
 
 from bitdance_rt.runtime import Runtime
+from engine_testing import placement
 
 
 @pytest.fixture(scope="module")
 def c2i_engine(c2i16_files):
     model, tokenizer = c2i16_files
-    return Runtime.from_pretrained(model, tokenizer_path=tokenizer, device="cpu", backend="triton")
+    return Runtime.from_pretrained(model, tokenizer_path=tokenizer, **placement("triton"))
 
 
 @pytest.fixture(scope="module")
 def t2i_engine(t2i64_dir):
-    return Runtime.from_pretrained(t2i64_dir, device="cpu", backend="triton")
+    return Runtime.from_pretrained(t2i64_dir, **placement("triton"))
 
 
 def test_backend_is_reported(c2i_engine, rt_c2i16):

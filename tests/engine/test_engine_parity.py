@@ -18,6 +18,7 @@ from bitdance_rt.reference.masks import C2I_CAUSAL_LEN, block_causal_mask
 from bitdance_rt.reference.sampler import sample_patch
 from bitdance_rt.reference.t2i_embeddings import t2i_position_table
 from bitdance_rt.runtime import Runtime
+from engine_testing import ENGINE_DEVICE, placement
 
 HIDDEN_TOL = 1e-4
 MIN_BIT_AGREEMENT = 0.999
@@ -46,15 +47,15 @@ def replay(noise: torch.Tensor):
 
 @pytest.fixture(scope="module")
 def t2i_pair(t2i64_dir):
-    return (Runtime.from_pretrained(t2i64_dir, device="cpu", backend="reference"),
-            Runtime.from_pretrained(t2i64_dir, device="cpu", backend="triton"))
+    return (Runtime.from_pretrained(t2i64_dir, **placement("reference")),
+            Runtime.from_pretrained(t2i64_dir, **placement("triton")))
 
 
 @pytest.fixture(scope="module")
 def c2i_pair(c2i16_files):
     model, tokenizer = c2i16_files
-    return (Runtime.from_pretrained(model, tokenizer_path=tokenizer, device="cpu", backend="reference"),
-            Runtime.from_pretrained(model, tokenizer_path=tokenizer, device="cpu", backend="triton"))
+    return (Runtime.from_pretrained(model, tokenizer_path=tokenizer, **placement("reference")),
+            Runtime.from_pretrained(model, tokenizer_path=tokenizer, **placement("triton")))
 
 
 def test_t2i_teacher_forced_steps(t2i_pair):
@@ -68,7 +69,7 @@ def test_t2i_teacher_forced_steps(t2i_pair):
     assert len({len(s) for s in seqs}) > 1  # rows of different lengths share the engine's batch
     groups = [RowGroup(s, 1) for s in seqs]
     cache = engine.pool.get(len(seqs), 256)
-    pos = t2i_position_table(32, 32, model.backbone_config.hidden_size, 8)
+    pos = t2i_position_table(32, 32, model.backbone_config.hidden_size, 8).to(ENGINE_DEVICE)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         ref_hidden = torch.cat([g.prefill(model, len(g.ids) + 2 * p) for g in groups])
@@ -77,7 +78,7 @@ def test_t2i_teacher_forced_steps(t2i_pair):
         times = engine.head.step_times(STEPS)
         for k in range(2):
             cond = ref_hidden + pos[k * p:(k + 1) * p]
-            noise = torch.randn(STEPS + 1, 2, p, c, generator=gen)
+            noise = torch.randn(STEPS + 1, 2, p, c, generator=gen).to(ENGINE_DEVICE)
 
             def head(x, t, cc):
                 return model.head(x, t, cc)
@@ -97,7 +98,7 @@ def test_c2i_teacher_forced_steps(c2i_pair):
     model, engine = ref_rt.model, eng_rt.engine
     bb, cfg = model.backbone, model.config
     p, c = cfg.parallel, cfg.token_channels
-    labels = torch.tensor([3, 999, NUM_CLASSES, NUM_CLASSES])
+    labels = torch.tensor([3, 999, NUM_CLASSES, NUM_CLASSES], device=ENGINE_DEVICE)
     ref_cache = bb.new_cache(4)
     cache = engine.pool.get(4, cfg.num_prefix + cfg.num_tokens)
     gen = torch.Generator().manual_seed(1)
@@ -108,11 +109,11 @@ def test_c2i_teacher_forced_steps(c2i_pair):
         times = engine.head.step_times(STEPS)
         for i, (scale, guided) in enumerate([(1.0, False), (3.0, True)]):  # step 0 is unguided over all rows
             cond = bb.head_condition(ref_hidden, i)
-            noise = torch.randn(STEPS + 1, 4 if not guided else 2, p, c, generator=gen)
+            noise = torch.randn(STEPS + 1, 4 if not guided else 2, p, c, generator=gen).to(ENGINE_DEVICE)
             ref_tokens = torch.sign(sample_patch(model.head, cond, c, scale, STEPS, replay(noise)))
             eng_tokens = engine.head.sample(bb.head_condition(eng_hidden, i), noise, scale, guided, times)
             assert agreement(eng_tokens, ref_tokens) >= MIN_BIT_AGREEMENT
-            mask = torch.ones(p, ref_cache.length + p, dtype=torch.bool)
+            mask = torch.ones(p, ref_cache.length + p, dtype=torch.bool, device=ENGINE_DEVICE)
             ref_hidden = bb(bb.embed_tokens(ref_tokens), mask, ref_cache)
             eng_hidden = engine.decode(bb.embed_tokens(ref_tokens), cache)
             assert rel(eng_hidden[:, -p:], ref_hidden) < HIDDEN_TOL

@@ -11,6 +11,7 @@ import torch
 import bitdance_rt.engine.ar_step as ar_step
 import bitdance_rt.engine.engine_base as engine_base
 from bitdance_rt.runtime import Runtime
+from engine_testing import placement
 
 
 class ReplayingCapture:
@@ -39,10 +40,10 @@ def graph_path(monkeypatch):
 def test_c2i_graph_path_matches_eager_and_reuses_graphs(c2i16_files, graph_path):
     model, tokenizer = c2i16_files
     args = dict(class_labels=[3, 7], num_sampling_steps=1, guidance_scale=3.0, seed=11, output_type="tokens")
-    eager_rt = Runtime.from_pretrained(model, tokenizer_path=tokenizer, device="cpu", backend="triton")
+    eager_rt = Runtime.from_pretrained(model, tokenizer_path=tokenizer, **placement("triton"))
     eager_rt.engine.use_cuda_graphs = False
     eager = eager_rt.generate(**args).tokens
-    graphed_rt = Runtime.from_pretrained(model, tokenizer_path=tokenizer, device="cpu", backend="triton")
+    graphed_rt = Runtime.from_pretrained(model, tokenizer_path=tokenizer, **placement("triton"))
     first = graphed_rt.generate(**args).tokens
     assert ReplayingCapture.made == 2  # the head loop and the decode step
     assert torch.equal(first, eager)

@@ -321,8 +321,8 @@ def test_trans_block_composed_from_kernels(width, head_dim, patch):
         block = TransBlock(cfg)
     block = random_module(block, seed=80)
     rows = 3
-    x = randn(rows, patch, width, seed=81, dtype=torch.float64)
-    mod = randn(rows, patch, 6 * width, seed=82, dtype=torch.float64, scale=0.5)
+    x = randn(rows, patch, width, seed=81, dtype=torch.float64, device="cpu")
+    mod = randn(rows, patch, 6 * width, seed=82, dtype=torch.float64, scale=0.5, device="cpu")
     with torch.no_grad():
         expected = block(x, mod.chunk(6, dim=-1))
         got = kernel_trans_block(block, x.to(DEVICE, torch.float32), mod.to(DEVICE, torch.float32), head_dim)
@@ -337,9 +337,9 @@ def test_res_block_and_final_layer_composed_from_kernels():
     with torch.device("meta"):
         block, final = ResBlock(cfg), FinalLayer(width, 8)
     block, final = random_module(block, seed=90), random_module(final, seed=91)
-    x = randn(tokens, 1, width, seed=92, dtype=torch.float64)
-    mod = randn(tokens, 1, 3 * width, seed=93, dtype=torch.float64, scale=0.5)
-    y = randn(tokens, 1, width, seed=94, dtype=torch.float64)
+    x = randn(tokens, 1, width, seed=92, dtype=torch.float64, device="cpu")
+    mod = randn(tokens, 1, 3 * width, seed=93, dtype=torch.float64, scale=0.5, device="cpu")
+    y = randn(tokens, 1, width, seed=94, dtype=torch.float64, device="cpu")
     with torch.no_grad():
         expected = final(block(x, mod.chunk(3, dim=-1)), y)
         scale, shift, gate = mod.to(DEVICE, torch.float32).view(tokens, 3 * width).chunk(3, dim=-1)

@@ -87,10 +87,11 @@ def reference(case: Case, interleaved: bool, k_cache: torch.Tensor, v_cache: tor
     """The reference on float64 copies of the inputs (``wide``) or on the inputs themselves."""
     cast = f64 if wide else (lambda t: t)
     q, k, v = cast(case.q), cast(case.k), cast(case.v)
+    cos, sin, lengths = (t.to(q.device) for t in (case.cos, case.sin, case.lengths))  # f64 copies live on the CPU
     if interleaved:
-        return rope_append_interleaved_reference(q, k, v, case.cos, case.sin, k_cache, v_cache, case.lengths)
-    return qk_norm_rope_append_reference(q, k, v, cast(case.q_weight), cast(case.k_weight), EPS, case.cos,
-                                         case.sin, k_cache, v_cache, case.lengths)
+        return rope_append_interleaved_reference(q, k, v, cos, sin, k_cache, v_cache, lengths)
+    return qk_norm_rope_append_reference(q, k, v, cast(case.q_weight), cast(case.k_weight), EPS, cos, sin,
+                                         k_cache, v_cache, lengths)
 
 
 def check(case: Case, interleaved: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -275,8 +276,8 @@ def test_argument_errors_interleaved_and_types():
     with pytest.raises(TypeError, match="q_norm_weight must be a torch.Tensor"):
         qk_norm_rope_append(**{**args, "q_norm_weight": None})
     with pytest.raises(TypeError, match="k must be a torch.Tensor"):
-        rope_append_interleaved(args["q"], args["k"].numpy(), args["v"], args["cos_table"], args["sin_table"],
-                                args["k_cache"], args["v_cache"], args["lengths"])
+        rope_append_interleaved(args["q"], args["k"].cpu().numpy(), args["v"], args["cos_table"],
+                                args["sin_table"], args["k_cache"], args["v_cache"], args["lengths"])
 
 
 def test_reference_rejects_positions_outside_cache():

@@ -2,8 +2,9 @@
 
 A whole ``sample_patch`` is rebuilt from ``sampler_step`` / ``sampler_final`` around a small random torch head and
 compared with the reference ``sample_patch`` fed the same noise; single steps are compared with the formulas
-evaluated in float64 and, op by op in the reference's order, in NumPy float32; outputs are NaN-poisoned before
-every launch; the launchers' argument errors are checked.
+evaluated in float64 and, op by op in the reference's order, in NumPy float32; a guidance scale per row (cfg
+``[B]``) equals launches of each row alone; outputs are NaN-poisoned before every launch; the launchers' argument
+errors are checked.
 
 Why NumPy and not the torch reference for the bitwise check: this torch build's CPU ``sqrt`` (and ``** 0.5``) is not
 correctly rounded (about 1 in 5 float32 inputs lands 1 ulp off, e.g. sqrt(0.2375f)), so the reference's noise scale
@@ -240,6 +241,66 @@ def test_last_step_size_sets_time_and_step():
     got = sampler_final(pred, x, 2.5, True, last_step_size=0.1, keep_sample=True)
     assert_close(got.sample, final_f64(pred, x, 2.5, True, torch.tensor(0.9).item(), 0.1), 1e-5)
     assert torch.equal(got.sample, final_step_from_prediction(pred, x, 2.5, True, last_step_size=0.1))
+
+
+def per_row_cfg(batch: int, seed: int) -> torch.Tensor:
+    """Distinct guidance scales in [1, 5), float32 on the device (rows at different steps of a schedule)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (1.0 + 4.0 * torch.rand(batch, generator=gen)).to(DEVICE)
+
+
+@pytest.mark.parametrize("patch,channels", [(16, 32), (5, 24)])
+def test_step_per_row_cfg(patch, channels):
+    """cfg ``[B]``: each row equals a launch of that row alone with its scale as a Python float (bitwise), the
+    reference step with the same per-row tensor within 1e-6 (bitwise in NumPy float32 row by row), and unguided
+    steps ignore it."""
+    batch, step = 4, 3
+    pred, x, noise = step_inputs(batch, patch, channels, True, torch.float32, seed=110 + patch)
+    cfg = per_row_cfg(batch, seed=111)
+    times = step_times(8, 1.0, DEVICE)
+    running = running_times(times)
+    out = sampler_step(pred, x, noise, times, running, step, cfg, True, out=poisoned(batch, patch, channels))
+    dt32 = times[step + 1] - times[step]
+    assert_close(out, step_from_prediction(pred, x, running[step], dt32, noise, cfg, True), 1e-6)
+    for row in range(batch):
+        rows = [row, batch + row]
+        alone = sampler_step(pred[rows], x[row:row + 1], noise[row:row + 1], times, running, step,
+                             cfg[row].item(), True)
+        assert torch.equal(out[row:row + 1], alone), f"row {row} differs from its own launch"
+        if not ON_GPU:
+            assert torch.equal(alone, step_f32_ieee(pred[rows], x[row:row + 1], noise[row:row + 1], running[step],
+                                                    dt32, cfg[row].item(), True))
+    unguided = sampler_step(pred[:batch], x, noise, times, running, step, cfg, False)
+    assert torch.equal(unguided, sampler_step(pred[:batch], x, noise, times, running, step, 1.0, False))
+
+
+def test_final_per_row_cfg():
+    """sampler_final with cfg ``[B]``: sample, tokens and packed words equal the per-row launches and the
+    reference with the per-row tensor."""
+    batch, patch, channels = 3, 16, 64
+    pred, x, _ = step_inputs(batch, patch, channels, True, torch.float32, seed=120)
+    cfg = per_row_cfg(batch, seed=121)
+    got = sampler_final(pred, x, cfg, True, tokens_out=poisoned(2 * batch, patch, channels),
+                        packed_out=poisoned(2 * batch, patch, 2, dtype=torch.int32),
+                        sample_out=poisoned(batch, patch, channels))
+    assert_close(got.sample, final_step_from_prediction(pred, x, cfg, True), 1e-6)
+    for row in range(batch):
+        rows = [row, batch + row]
+        alone = sampler_final(pred[rows], x[row:row + 1], cfg[row].item(), True, pack=True, keep_sample=True)
+        assert torch.equal(got.sample[row:row + 1], alone.sample)
+        assert torch.equal(got.tokens[rows], alone.tokens) and torch.equal(got.packed[rows], alone.packed)
+
+
+def test_per_row_cfg_errors():
+    pred, x, noise = step_inputs(3, 4, 32, True, torch.float32, seed=130)
+    times = step_times(5, 1.0, DEVICE)
+    running = running_times(times)
+    with pytest.raises(ValueError, match=r"sampler_step: cfg has shape \[2\], expected \[1\] \(one scale\) or \[3\]"):
+        sampler_step(pred, x, noise, times, running, 0, torch.ones(2, device=DEVICE), True)
+    with pytest.raises(ValueError, match=r"sampler_final: cfg has shape \[3, 1\], expected \[1\]"):
+        sampler_final(pred, x, torch.ones(3, 1, device=DEVICE), True)
+    with pytest.raises(ValueError, match="sampler_step: cfg must be contiguous"):
+        sampler_step(pred, x, noise, times, running, 0, torch.ones(6, device=DEVICE)[::2], True)
 
 
 def test_step_argument_errors():

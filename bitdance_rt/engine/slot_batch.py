@@ -1,0 +1,102 @@
+"""The static state of one continuous batch: a fixed number of image slots sharing one backbone pass and one head
+loop per AR step, each slot at its own AR step.
+
+Slot ``s`` owns ``m`` consecutive cache rows, ``m·s .. m·s + m − 1`` (``m = 2`` when guided: the conditional row,
+then the unconditional one; ``m = 1`` otherwise). With S slots, R = m·S rows, P tokens per AR step, W the backbone
+width, C token channels and N sampling steps:
+
+- ``cache``: a ``StaticKVCache`` of R rows; free rows are kept at length 0;
+- ``hidden [R, P, W]`` (backbone dtype): each row's hidden states of its current block, the next head's input;
+- ``pos [R, P, W]`` float32: each row's position term of its current block (rows sit at different AR steps);
+- ``cfg [S]`` float32: each slot's guidance scale at its AR step (read by the sampler on the device);
+- ``feedback [R, P, C]`` (head dtype): the tokens the next decode feeds back, in cache-row order;
+- ``live [R]`` int32: 1 on the rows of occupied slots; the decode multiplies the lengths by it, so free rows stay at
+  length 0 whatever the pass computed for them;
+- ``seeds [S]`` int64, ``ar_steps [S]`` int32, ``rows_in_request [S]`` int32: each slot's noise key (image seed,
+  AR step, row of the image), kept current: the head loop draws its Philox noise from them
+  (``engine/request_noise.py``).
+
+``prefix(k)`` is the first k slots as a ``SlotBatch`` of views (same storage): the rows a bucketed step computes.
+``steps`` caches the AR step built per prefix size (CUDA graphs on a GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .static_cache import StaticKVCache
+
+
+@dataclass
+class SlotBatch:
+    slots: int
+    mult: int
+    patch: int
+    num_steps: int
+    cache: StaticKVCache
+    hidden: torch.Tensor
+    pos: torch.Tensor
+    cfg: torch.Tensor
+    feedback: torch.Tensor
+    live: torch.Tensor
+    seeds: torch.Tensor
+    ar_steps: torch.Tensor
+    rows_in_request: torch.Tensor
+    steps: dict = field(default_factory=dict)
+
+    @property
+    def guided(self) -> bool:
+        return self.mult == 2
+
+    @property
+    def rows(self) -> int:
+        return self.slots * self.mult
+
+    @classmethod
+    def allocate(cls, cache: StaticKVCache, slots: int, guided: bool, patch: int, width: int, channels: int,
+                 num_steps: int, hidden_dtype: torch.dtype, token_dtype: torch.dtype) -> "SlotBatch":
+        mult = 2 if guided else 1
+        rows = slots * mult
+        if cache.batch != rows:
+            raise ValueError(f"SlotBatch.allocate: {slots} slots of {mult} rows need a cache of {rows} rows, "
+                             f"got {cache.batch}")
+        device = cache.lengths.device
+        return cls(slots=slots, mult=mult, patch=patch, num_steps=num_steps, cache=cache,
+                   hidden=torch.zeros(rows, patch, width, device=device, dtype=hidden_dtype),
+                   pos=torch.zeros(rows, patch, width, device=device),
+                   cfg=torch.ones(slots, device=device),
+                   feedback=torch.zeros(rows, patch, channels, device=device, dtype=token_dtype),
+                   live=torch.zeros(rows, device=device, dtype=torch.int32),
+                   seeds=torch.zeros(slots, device=device, dtype=torch.int64),
+                   ar_steps=torch.zeros(slots, device=device, dtype=torch.int32),
+                   rows_in_request=torch.zeros(slots, device=device, dtype=torch.int32))
+
+    def row_range(self, first_slot: int, count: int) -> slice:
+        """The cache rows of slots ``first_slot .. first_slot + count − 1``."""
+        return slice(first_slot * self.mult, (first_slot + count) * self.mult)
+
+    def prefix(self, slots: int) -> "SlotBatch":
+        """The first ``slots`` slots, as views of this batch's tensors."""
+        if not 1 <= slots <= self.slots:
+            raise ValueError(f"SlotBatch.prefix: {slots} slots asked of a batch of {self.slots}")
+        if slots == self.slots:
+            return self
+        rows = slots * self.mult
+        return SlotBatch(slots=slots, mult=self.mult, patch=self.patch, num_steps=self.num_steps,
+                         cache=self.cache.rows(0, rows), hidden=self.hidden[:rows], pos=self.pos[:rows],
+                         cfg=self.cfg[:slots], feedback=self.feedback[:rows],
+                         live=self.live[:rows], seeds=self.seeds[:slots], ar_steps=self.ar_steps[:slots],
+                         rows_in_request=self.rows_in_request[:slots])
+
+    def release(self, first_slot: int, count: int) -> None:
+        """Free slots: their rows leave the live set and their cache lengths return to 0."""
+        rows = self.row_range(first_slot, count)
+        self.live[rows] = 0
+        self.cache.lengths[rows] = 0
+
+    def nbytes(self) -> int:
+        tensors = (self.hidden, self.pos, self.cfg, self.feedback, self.live, self.seeds, self.ar_steps,
+                   self.rows_in_request)
+        return self.cache.nbytes() + sum(t.numel() * t.element_size() for t in tensors)

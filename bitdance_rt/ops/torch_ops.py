@@ -1,0 +1,120 @@
+"""The PyTorch provider: the reference functions (``bitdance_rt/reference``) behind the Triton launchers'
+signatures, so the engine runs on any device without Triton (slowly; attention builds dense masks, and lengths are
+read on the host, so these cannot be captured in a CUDA graph). Outputs go into ``out`` arguments when given.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..kernels.sampler_args import FinalTokens  # plain torch: no Triton import
+from ..reference.attention import decode_allowed, masked_attention, prefill_allowed
+from ..reference.head_ops import gated_residual_ref, layernorm_modulate_ref, patch_attention_ref, swiglu_ref
+from ..reference.philox_noise import keyed_normal
+from ..reference.pre_attention import (qk_norm_rope_append_reference, rmsnorm_residual_reference,
+                                       rope_append_interleaved_reference)
+from ..reference.sampler import LAST_STEP_SIZE, final_step_from_prediction, step_from_prediction
+from ..reference.token_packing import bit_linear_ref, pack_signs_ref, unpack_signs_ref
+
+
+def _cfg(cfg):
+    """A Python float, or a device tensor of one scale [1] or one per row [B] (broadcast over P and C)."""
+    if isinstance(cfg, (int, float)):
+        return float(cfg)
+    return cfg.view(-1, 1, 1)  # stays on the device: nothing is read on the host
+
+
+def _into(out: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    return value if out is None else out.copy_(value)
+
+
+def block_attention_decode(q, k_cache, v_cache, lengths, scale, out=None, *, key_splits=None):
+    allowed = decode_allowed(lengths, q.shape[2], k_cache.shape[2])
+    return _into(out, masked_attention(q, k_cache, v_cache, allowed, scale).to(q.dtype))
+
+
+def block_attention_prefill(q, k_cache, v_cache, lengths, causal_lens, block, scale, out=None):
+    total = q.shape[2]
+    allowed = prefill_allowed(lengths.clamp_max(total), causal_lens, block, total)
+    result = masked_attention(q, k_cache[:, :, :total], v_cache[:, :, :total], allowed, scale)
+    return _into(out, result.to(q.dtype))
+
+
+def qk_norm_rope_append(q, k, v, q_norm_weight, k_norm_weight, eps, cos_table, sin_table, k_cache, v_cache,
+                        lengths, q_out=None):
+    return _into(q_out, qk_norm_rope_append_reference(q, k, v, q_norm_weight, k_norm_weight, eps, cos_table,
+                                                      sin_table, k_cache, v_cache, lengths))
+
+
+def rope_append_interleaved(q, k, v, cos_table, sin_table, k_cache, v_cache, lengths, q_out=None):
+    return _into(q_out, rope_append_interleaved_reference(q, k, v, cos_table, sin_table, k_cache, v_cache,
+                                                          lengths))
+
+
+def rmsnorm_residual(x, residual, weight, eps, *, style, out=None, residual_out=None):
+    y, new_residual = rmsnorm_residual_reference(x, residual, weight, eps, style)
+    if residual_out is not None:
+        new_residual = residual_out.copy_(new_residual)
+    return _into(out, y), new_residual
+
+
+def layernorm_modulate(x, scale, shift, weight, bias, eps, out=None):
+    return _into(out, layernorm_modulate_ref(x, scale, shift, weight, bias, eps).to(x.dtype))
+
+
+def gated_residual(x, h, gate, out=None):
+    return _into(out, gated_residual_ref(x, h, gate).to(x.dtype))
+
+
+def swiglu(ab, out=None):
+    return _into(out, swiglu_ref(ab))
+
+
+def patch_attention(qkv, head_dim, out=None):
+    return _into(out, patch_attention_ref(qkv, head_dim))
+
+
+def sampler_step(pred, x, noise, times, running, step, cfg, guided, out=None):
+    cfg_value = _cfg(cfg)
+    t, dt = running[step], times[step + 1] - times[step]
+    return _into(out, step_from_prediction(pred.float(), x, t, dt, noise, cfg_value, guided))
+
+
+def sampler_final(pred, x, cfg, guided, last_step_size=None, tokens_out=None, packed_out=None, *,
+                  tokens_dtype=None, pack=False, sample_out=None, keep_sample=False):
+    size = LAST_STEP_SIZE if last_step_size is None else last_step_size
+    cfg_value = _cfg(cfg)
+    sample = final_step_from_prediction(pred.float(), x, cfg_value, guided, size)
+    rows = pred.shape[0] // x.shape[0]
+    tokens = torch.sign(torch.cat([sample] * rows, dim=0)).to(tokens_dtype or pred.dtype)
+    tokens = _into(tokens_out, tokens)
+    words = None
+    if pack or packed_out is not None:
+        words = _into(packed_out, pack_signs_ref(tokens))
+    kept = _into(sample_out, sample) if (keep_sample or sample_out is not None) else None
+    return FinalTokens(tokens, words, kept)
+
+
+def sign_quantize(x, out=None):
+    return _into(out, torch.sign(x).nan_to_num(0.0))
+
+
+def pack_signs(tokens, out=None):
+    return _into(out, pack_signs_ref(tokens))
+
+
+def unpack_signs(words, dtype, out=None):
+    return _into(out, unpack_signs_ref(words, dtype))
+
+
+def keyed_noise(seeds, ar_steps, rows_in_request, sample_index, patch, channels, out=None):
+    return _into(out, keyed_normal(seeds, ar_steps, rows_in_request, sample_index, patch, channels))
+
+
+def sampler_step_keyed(pred, x, times, running, step, cfg, guided, seeds, ar_steps, rows_in_request, out=None):
+    noise = keyed_normal(seeds, ar_steps, rows_in_request, step + 1, x.shape[1], x.shape[2])
+    return sampler_step(pred, x, noise, times, running, step, cfg, guided, out=out)
+
+
+def bit_linear(words, weight, bias=None, out=None):
+    return _into(out, bit_linear_ref(words, weight, bias))

@@ -1,0 +1,79 @@
+"""Memory estimates from the model's shapes, for the scheduler's budget: what a continuous batch holds while it
+exists, and what a joining request needs for a moment. Estimates, not measurements: they count the tensors that
+dominate (the KV cache, the batch's static buffers, the activations of the largest pass) and ignore allocator
+rounding and small temporaries.
+
+- ``batch_bytes``: the KV cache (rows × positions × layers × 2 × KV heads × head dim × element size), the static
+  buffers of ``SlotBatch`` and the activations of one AR step over all rows (backbone: q/k/v, attention output,
+  gate/up, a few hidden-sized tensors per token; head: about a dozen float32 head-width tensors per token; with the
+  PyTorch attention provider, the dense float32 score matrices).
+- ``join_bytes``: the joining request's prefill activations (its rows × prompt length, dense scores with the
+  PyTorch provider) plus decoding its images (a few full-resolution feature maps of the decoder's widest top level).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FLOAT32 = 4
+HEAD_TENSORS_PER_TOKEN = 12   # float32 head-width tensors alive in one head evaluation (x, h, adaLN chunks, ...)
+DECODER_LIVE_MAPS = 4         # full-resolution feature maps alive at once in the decoder's top level
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    layers: int
+    kv_heads: int
+    heads: int
+    head_dim: int
+    width: int
+    ffn_width: int
+    element_bytes: int
+    head_width: int
+    channels: int
+    patch: int
+    decoder_width: int
+    dense_attention: bool
+
+    @classmethod
+    def of(cls, engine) -> "ModelDims":
+        layers, kv_heads, head_dim = engine.cache_shape
+        decoder = engine.model.decoder_layout
+        return cls(layers=layers, kv_heads=kv_heads, heads=engine.num_heads, head_dim=head_dim, width=engine.width,
+                   ffn_width=engine.ffn_width, element_bytes=engine.hidden_dtype.itemsize,
+                   head_width=engine.head.cfg.width, channels=engine.token_channels, patch=engine.patch,
+                   decoder_width=decoder.level_channels[0],
+                   dense_attention=engine.ops.chosen.get("block_attention_decode") == "torch")
+
+    def kv_bytes_per_position(self) -> int:
+        return self.layers * 2 * self.kv_heads * self.head_dim * self.element_bytes
+
+    def backbone_activations(self, tokens: int, keys: int) -> int:
+        """One backbone pass over ``tokens`` tokens attending to ``keys`` positions each."""
+        per_token = (4 * self.width + (self.heads + 2 * self.kv_heads) * self.head_dim + 3 * self.ffn_width)
+        scores = 2 * self.heads * keys * FLOAT32 if self.dense_attention else 0
+        return tokens * (per_token * self.element_bytes + scores)
+
+
+def batch_bytes(d: ModelDims, slots: int, mult: int, max_len: int, num_steps: int) -> int:
+    rows = slots * mult
+    cache = rows * max_len * d.kv_bytes_per_position()
+    buffers = (rows * d.patch * d.width * (d.element_bytes + FLOAT32) + (num_steps + 1) * slots * d.patch
+               * d.channels * FLOAT32 + rows * d.patch * d.channels * d.element_bytes)
+    tokens = rows * d.patch
+    step = max(d.backbone_activations(tokens, max_len), tokens * HEAD_TENSORS_PER_TOKEN * d.head_width * FLOAT32)
+    return cache + buffers + step
+
+
+def join_bytes(d: ModelDims, rows: int, prompt_len: int, images: int, height: int, width: int,
+               decodes: bool) -> int:
+    prefill = d.backbone_activations(rows * prompt_len, prompt_len)
+    decode = images * height * width * d.decoder_width * FLOAT32 * DECODER_LIVE_MAPS if decodes else 0
+    return max(prefill, decode)
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{n} bytes"
