@@ -26,8 +26,6 @@ from .static_cache import StaticKVCache
 STEP_OPS = ("block_attention_decode", "qk_norm_rope_append", "rope_append_interleaved", "rmsnorm_residual", "swiglu",
             "layernorm_modulate", "gated_residual", "patch_attention", "sampler_step_keyed", "keyed_noise",
             "sampler_final")
-# PyTorch-provider operations that read nothing on the host, so a graph can hold them (the keyed Philox draw)
-CAPTURABLE_TORCH_OPS = ("keyed_noise",)
 
 
 class EngineBase:
@@ -39,9 +37,8 @@ class EngineBase:
 
     def __init__(self, ops: OpSet):
         self.ops = ops
-        # graphs need every operation of a step capturable: the torch provider reads lengths on the host
-        self.use_cuda_graphs = all(ops.chosen.get(name) != "torch" for name in STEP_OPS
-                                   if name not in CAPTURABLE_TORCH_OPS)
+        # graphs need every operation of a step capturable (not so the PyTorch attention: it reads lengths on the host)
+        self.use_cuda_graphs = ops.capturable(STEP_OPS)
         self._batches: dict[tuple, SlotBatch] = {}
 
     def _layers(self, x: torch.Tensor, cache: StaticKVCache,

@@ -87,9 +87,8 @@ def _lookup(provider: str, name: str, forced: bool = False) -> Callable | None:
         return None
     from .. import cuda_ext
 
-    module, function, preferred = entry
-    op = function  # each launcher is named as the operator it calls
-    if not (preferred or forced) or not cuda_ext.has_op(op):  # slower than Triton, or not in the built extension
+    module, function, preferred = entry  # each launcher is named as the operator it calls
+    if not (preferred or forced) or not cuda_ext.has_op(function):  # slower than Triton, or not built
         return None
     return getattr(importlib.import_module(f"bitdance_rt.{module}"), function)
 
@@ -130,6 +129,13 @@ class OpSet:
             return fns[name]
         raise AttributeError(f"OpSet has no operation {name!r} for {self.__dict__.get('device')} with chain "
                              f"{self.__dict__.get('chain')}; operations: {', '.join(sorted(fns))}")
+
+    def capturable(self, names: tuple[str, ...]) -> bool:
+        """Whether a CUDA graph can hold every operation of ``names`` as chosen here: all of them except the
+        PyTorch-provider ones that read device values on the host (``torch_ops.READS_ON_HOST``)."""
+        from .torch_ops import READS_ON_HOST
+
+        return not any(self.chosen.get(name) == "torch" and name in READS_ON_HOST for name in names)
 
     def summary(self) -> dict[str, str]:
         """Provider by operation, for ``describe()``."""

@@ -17,6 +17,12 @@ from ..reference.sampler import LAST_STEP_SIZE, final_step_from_prediction, step
 from ..reference.token_packing import bit_linear_ref, pack_signs_ref, unpack_signs_ref
 
 
+# the functions here that read device tensors on the host (lengths, to build dense masks and slice caches): a CUDA
+# graph cannot hold them; the rest are plain device ops
+READS_ON_HOST = frozenset({"block_attention_decode", "block_attention_prefill", "qk_norm_rope_append",
+                           "rope_append_interleaved"})
+
+
 def _cfg(cfg):
     """A Python float, or a device tensor of one scale [1] or one per row [B] (broadcast over P and C)."""
     if isinstance(cfg, (int, float)):

@@ -14,7 +14,7 @@ bf16 reference (which mirrors the kernel's roundings) bit for bit.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kernels"))  # kernel_testing's helpers
 from kernel_testing import assert_close, poisoned  # noqa: E402
+from pre_attention_cases import Case, f64, garbage_caches  # noqa: E402
 
 from bitdance_rt.cuda_ops import pre_attention as cuda_pre_attention  # noqa: E402
 from bitdance_rt.kernels import kv_append as triton_pre_attention  # noqa: E402
@@ -49,27 +50,10 @@ def randn(*shape: int, seed: int, dtype: torch.dtype, scale: float = 1.0) -> tor
     return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(DEVICE, dtype)
 
 
-def f64(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to("cpu", torch.float64)
-
-
-@dataclass
-class Case:
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    q_weight: torch.Tensor
-    k_weight: torch.Tensor
-    cos: torch.Tensor
-    sin: torch.Tensor
-    k_cache: torch.Tensor
-    v_cache: torch.Tensor
-    lengths: torch.Tensor
-    written: torch.Tensor  # bool [B, Hkv, Lmax, D]: the cache elements the launch must write
-
-    def args(self) -> tuple:
-        return (self.q, self.k, self.v, self.q_weight, self.k_weight, EPS, self.cos, self.sin, self.k_cache,
-                self.v_cache, self.lengths)
+def op_args(case: Case) -> tuple:
+    """The launcher's positional arguments for ``case``."""
+    return (case.q, case.k, case.v, case.q_weight, case.k_weight, EPS, case.cos, case.sin, case.k_cache,
+            case.v_cache, case.lengths)
 
 
 def make_case(batch: int, length: int, q_heads: int, kv_heads: int, head_dim: int, starts: list[int], seed: int,
@@ -87,15 +71,8 @@ def make_case(batch: int, length: int, q_heads: int, kv_heads: int, head_dim: in
     q_weight = 1.0 + randn(head_dim, seed=seed + 1, dtype=dtype, scale=0.3)
     k_weight = 1.0 + randn(head_dim, seed=seed + 2, dtype=dtype, scale=0.3)
     cos, sin = rotate_half_tables(torch.arange(max(starts) + length + 7), head_dim, THETA)
-    max_len = max(starts) + length + 5
-    k_cache = randn(batch, kv_heads, max_len, head_dim, seed=seed + 3, dtype=dtype)
-    v_cache = randn(batch, kv_heads, max_len, head_dim, seed=seed + 4, dtype=dtype)
-    written = torch.zeros(k_cache.shape, dtype=torch.bool, device=DEVICE)
-    for row, start in enumerate(starts):
-        written[row, :, start:start + length] = True
-    k_cache[written] = float("nan")
-    v_cache[written] = float("nan")
-    lengths = torch.tensor(starts, dtype=torch.int32, device=DEVICE)
+    k_cache, v_cache, written, lengths = garbage_caches(batch, kv_heads, max(starts) + length + 5, head_dim, length,
+                                                        starts, seed + 3, dtype, DEVICE)
     return Case(q, k, v, q_weight, k_weight, cos.to(DEVICE), sin.to(DEVICE), k_cache, v_cache, lengths, written)
 
 
@@ -108,7 +85,7 @@ def check(case: Case, dtype: torch.dtype) -> None:
     garbage_k, garbage_v = case.k_cache.clone(), case.v_cache.clone()
     batch, length, q_heads, head_dim = case.q.shape
     q_out = poisoned(batch, q_heads, length, head_dim, dtype=dtype, device=DEVICE)
-    assert cuda_pre_attention.qk_norm_rope_append(*case.args(), q_out=q_out) is q_out
+    assert cuda_pre_attention.qk_norm_rope_append(*op_args(case), q_out=q_out) is q_out
 
     ref_k, ref_v = f64(garbage_k), f64(garbage_v)
     ref_q = qk_norm_rope_append_reference(f64(case.q), f64(case.k), f64(case.v), f64(case.q_weight),
@@ -123,14 +100,14 @@ def check(case: Case, dtype: torch.dtype) -> None:
     assert torch.equal(case.v_cache[~written], garbage_v[~written])
 
     triton_case = with_fresh_caches(case, garbage_k, garbage_v)
-    triton_q = triton_pre_attention.qk_norm_rope_append(*triton_case.args())
+    triton_q = triton_pre_attention.qk_norm_rope_append(*op_args(triton_case))
     assert_close(q_out, triton_q, tol)
     assert_close(case.k_cache[written], triton_case.k_cache[written], tol)
     assert torch.equal(case.v_cache, triton_case.v_cache)
 
     if dtype == torch.bfloat16:  # the reference's roundings are mirrored: nearly bitwise equal to it in bf16
         same_case = with_fresh_caches(case, garbage_k, garbage_v)
-        same_q = qk_norm_rope_append_reference(*same_case.args())
+        same_q = qk_norm_rope_append_reference(*op_args(same_case))
         assert (q_out == same_q).float().mean().item() >= BITWISE_SHARE
         assert (case.k_cache[written] == same_case.k_cache[written]).float().mean().item() >= BITWISE_SHARE
 
@@ -187,10 +164,10 @@ def test_misaligned_views_take_the_scalar_path(head_dim, dtype):
 def test_fresh_q_out_equals_given_q_out():
     case = make_case(2, 5, 8, 2, 128, [3, 9], seed=200, dtype=torch.float32)
     garbage_k, garbage_v = case.k_cache.clone(), case.v_cache.clone()
-    fresh = cuda_pre_attention.qk_norm_rope_append(*case.args())
+    fresh = cuda_pre_attention.qk_norm_rope_append(*op_args(case))
     assert fresh.shape == (2, 8, 5, 128) and fresh.is_contiguous()
     again = with_fresh_caches(case, garbage_k, garbage_v)
-    given = cuda_pre_attention.qk_norm_rope_append(*again.args(), q_out=poisoned(2, 8, 5, 128, device=DEVICE))
+    given = cuda_pre_attention.qk_norm_rope_append(*op_args(again), q_out=poisoned(2, 8, 5, 128, device=DEVICE))
     assert torch.equal(fresh, given)
     assert torch.equal(case.k_cache, again.k_cache) and torch.equal(case.v_cache, again.v_cache)
 
@@ -206,7 +183,7 @@ def test_positions_past_the_cache_are_not_written():
     v_cache = storage_v[:case.v_cache.numel()].view(case.v_cache.shape)
     case = replace(case, k_cache=k_cache, v_cache=v_cache,
                    lengths=torch.tensor([0, max_len - 2], dtype=torch.int32, device=DEVICE))
-    cuda_pre_attention.qk_norm_rope_append(*case.args())
+    cuda_pre_attention.qk_norm_rope_append(*op_args(case))
     assert torch.isfinite(k_cache[1, :, max_len - 2:]).all() and k_cache[1, :, max_len - 2:].abs().sum() > 0
     assert torch.equal(v_cache[1, :, max_len - 2:], case.v[1, :2].transpose(0, 1))
     written = torch.zeros(k_cache.shape, dtype=torch.bool, device=DEVICE)
@@ -221,7 +198,7 @@ def test_positions_past_the_tables_give_zeros():
     v is still copied."""
     case = make_case(1, 4, 2, 1, 64, [0], seed=220, dtype=torch.float32)
     case = replace(case, cos=case.cos[:2].contiguous(), sin=case.sin[:2].contiguous())
-    q_out = cuda_pre_attention.qk_norm_rope_append(*case.args())
+    q_out = cuda_pre_attention.qk_norm_rope_append(*op_args(case))
     assert torch.isfinite(q_out).all()
     assert (q_out[:, :, 2:] == 0).all() and (q_out[:, :, :2] != 0).any()
     assert (case.k_cache[0, :, 2:4] == 0).all()

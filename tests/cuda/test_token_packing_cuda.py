@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kernels"))  # kernel_testing's helpers
 from kernel_testing import assert_close, poisoned  # noqa: E402
+from packing_cases import bit_order_case  # noqa: E402
 
 from bitdance_rt.cuda_ops import token_packing as cuda_packing  # noqa: E402
 from bitdance_rt.kernels import token_packing as triton_packing  # noqa: E402
@@ -70,15 +71,8 @@ def misaligned(*shape: int, dtype: torch.dtype, fill: float | int) -> torch.Tens
 # ---------------------------------------------------------------- pack / unpack
 
 def test_literal_bit_order():
-    """Bit c of word w is token 32·w + c > 0: channel 0 -> 1, channel 31 -> the sign bit, {0, 1, 4} -> 19."""
-    tokens = -torch.ones(6, 64, device=DEVICE)
-    tokens[0, 0] = 1.0
-    tokens[1, 31] = 1.0
-    tokens[2, [0, 1, 4]] = 1.0
-    tokens[3] = 1.0
-    tokens[5, [32, 35, 63]] = 1.0
-    expected = torch.tensor([[1, 0], [INT32_MIN, 0], [19, 0], [-1, -1], [0, 0], [0, 9 + INT32_MIN]],
-                            dtype=torch.int32, device=DEVICE)
+    """The literal case of packing_cases.bit_order_case through the CUDA operators."""
+    tokens, expected = bit_order_case(DEVICE)
     assert torch.equal(cuda_packing.pack_signs(tokens, out=poisoned(6, 2, dtype=torch.int32, device=DEVICE)),
                        expected)
     assert torch.equal(cuda_packing.unpack_signs(expected, torch.float32, out=poisoned(6, 64, device=DEVICE)), tokens)

@@ -11,11 +11,10 @@ Tolerance: relative error ``||out − ref|| / ||ref||`` below 1e-5 in float32 (m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 from kernel_testing import DEVICE, DTYPES, assert_close, poisoned, randn, tolerance
+from pre_attention_cases import Case, f64, garbage_caches
 
 from bitdance_rt.errors import InvalidRequestError
 from bitdance_rt.kernels.kv_append import qk_norm_rope_append, rope_append_interleaved
@@ -31,25 +30,6 @@ C2I_PARALLEL = 4  # tables of a P = 4 class-conditional model: 64 + 3 prefix pos
 C2I_PREFIX = 64 + C2I_PARALLEL - 1
 
 
-def f64(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to("cpu", torch.float64)
-
-
-@dataclass
-class Case:
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    q_weight: torch.Tensor
-    k_weight: torch.Tensor
-    cos: torch.Tensor
-    sin: torch.Tensor
-    k_cache: torch.Tensor
-    v_cache: torch.Tensor
-    lengths: torch.Tensor
-    written: torch.Tensor  # bool [B, Hkv, Lmax, D]: the cache elements the launch must write
-
-
 def make_case(batch: int, length: int, q_heads: int, kv_heads: int, head_dim: int, starts: list[int], seed: int,
               dtype: torch.dtype, interleaved: bool) -> Case:
     """Inputs with an offset (so the norm matters), caches of garbage with the rows to be written set to NaN."""
@@ -62,15 +42,8 @@ def make_case(batch: int, length: int, q_heads: int, kv_heads: int, head_dim: in
         cos, sin = c2i_rope_tables(16, head_dim, C2I_PREFIX, int(C2I_PARALLEL ** 0.5))
     else:
         cos, sin = rotate_half_tables(torch.arange(max(starts) + length + 7), head_dim, THETA)
-    max_len = max(starts) + length + 5
-    k_cache = randn(batch, kv_heads, max_len, head_dim, seed=seed + 5, dtype=dtype)
-    v_cache = randn(batch, kv_heads, max_len, head_dim, seed=seed + 6, dtype=dtype)
-    written = torch.zeros(k_cache.shape, dtype=torch.bool, device=DEVICE)
-    for row, start in enumerate(starts):
-        written[row, :, start:start + length] = True
-    k_cache[written] = float("nan")
-    v_cache[written] = float("nan")
-    lengths = torch.tensor(starts, dtype=torch.int32, device=DEVICE)
+    k_cache, v_cache, written, lengths = garbage_caches(batch, kv_heads, max(starts) + length + 5, head_dim, length,
+                                                        starts, seed + 5, dtype, DEVICE)
     return Case(q, k, v, q_weight, k_weight, cos.to(DEVICE), sin.to(DEVICE), k_cache, v_cache, lengths, written)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_testing import DEVICE, DTYPES, poisoned, randn
+from packing_cases import bit_order_case
 
 from bitdance_rt.kernels.token_packing import pack_signs, sign_quantize, unpack_signs
 from bitdance_rt.reference.token_packing import pack_signs_ref, unpack_signs_ref
@@ -57,16 +58,8 @@ def test_sign_into_other_dtype_and_in_place():
 
 
 def test_pack_literal_bit_order():
-    """Bit c of word w is token 32·w + c > 0: channel 0 -> 1, channel 31 -> the sign bit, {0, 1, 4} -> 19,
-    all +1 -> -1, all −1 -> 0; a second word starts at channel 32."""
-    tokens = -torch.ones(6, 64, device=DEVICE)
-    tokens[0, 0] = 1.0
-    tokens[1, 31] = 1.0
-    tokens[2, [0, 1, 4]] = 1.0
-    tokens[3] = 1.0
-    tokens[5, [32, 35, 63]] = 1.0
-    expected = torch.tensor([[1, 0], [INT32_MIN, 0], [19, 0], [-1, -1], [0, 0], [0, 9 + INT32_MIN]],
-                            dtype=torch.int32, device=DEVICE)
+    """The literal case of packing_cases.bit_order_case, through the kernels and the reference."""
+    tokens, expected = bit_order_case(DEVICE)
     assert torch.equal(pack_signs(tokens, out=poisoned(6, 2, dtype=torch.int32)), expected)
     assert torch.equal(pack_signs_ref(tokens), expected)
     assert torch.equal(unpack_signs(expected, torch.float32, out=poisoned(6, 64)), tokens)

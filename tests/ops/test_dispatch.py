@@ -174,3 +174,16 @@ def test_bit_linear_reference_provider():
     bias = torch.randn(24, generator=torch.Generator().manual_seed(52))
     got = ops.bit_linear(pack_signs_ref(tokens), weight, bias, out=torch.full((5, 24), float("nan")))
     close(got, torch.nn.functional.linear(tokens, weight, bias))
+
+
+def test_capturable_knows_which_reference_functions_read_the_host():
+    """A graph can hold the keyed noise drawn by the PyTorch provider, not the PyTorch attention (host lengths)."""
+    from bitdance_rt.engine.engine_base import STEP_OPS
+
+    torch_only = OpSet("cpu", "torch")
+    assert not torch_only.capturable(STEP_OPS)
+    assert torch_only.capturable(("keyed_noise", "sampler_step_keyed", "swiglu"))
+    assert not torch_only.capturable(("block_attention_decode",))
+    if TRITON_HERE:
+        triton = OpSet(DEVICE, "triton")
+        assert triton.chosen["keyed_noise"] == "torch" and triton.capturable(STEP_OPS)
