@@ -19,8 +19,7 @@ import torch.nn.functional as F
 
 from ..loading.c2i_checkpoint import C2IModel
 from ..ops import OpSet
-from ..reference.c2i_backbone import NORM_EPS, NUM_CLASSES
-from ..reference.masks import C2I_CAUSAL_LEN
+from ..reference.c2i_backbone import NORM_EPS
 from .engine_base import EngineBase
 from .head_loop import FusedHead
 from .slot_batch import SlotBatch
@@ -68,7 +67,7 @@ class C2IEngine(EngineBase):
         cfg = self.cfg
         scale = cfg.head_dim ** -0.5
         lengths = torch.full((labels.shape[0],), cfg.num_prefix, dtype=torch.int32, device=labels.device)
-        causal = torch.full_like(lengths, C2I_CAUSAL_LEN)
+        causal = torch.full_like(lengths, cfg.causal_len)
         cache.lengths.zero_()
 
         def attend(i: int, q: torch.Tensor) -> torch.Tensor:
@@ -87,7 +86,7 @@ class C2IEngine(EngineBase):
     def request_rows(self, label: int, num_images: int, guided: bool) -> list[int]:
         """Class ids of one request's cache rows, in slot order: per image its label, then (guided) the null
         class."""
-        return [row for _ in range(num_images) for row in ((label, NUM_CLASSES) if guided else (label,))]
+        return [row for _ in range(num_images) for row in ((label, self.cfg.null_class) if guided else (label,))]
 
     def block_positions(self, grid: tuple[int, int]) -> torch.Tensor:
         """``pos_for_diff`` of every AR step, ``[h·w / P, P, dim]`` float32."""

@@ -3,8 +3,9 @@
 The checkpoint is a ``torch.save`` dict whose ``ema`` (preferred) or ``model`` entry is the whole model's state
 dict; the decoder comes from the tokenizer file's ``state_dict`` (``decoder.*``), or, when no tokenizer file is
 given, from the checkpoint's own ``vae.decoder.*`` copy. No configuration is stored, so every size is inferred from
-tensor shapes: width from ``emb_norm``, depth from the layer keys, P from ``query_token``, the head's kind from
-its adaLN width. Attention heads are 64 channels wide in every released size (B 768/12, L 1024/16, H 1280/20).
+tensor shapes: width from ``emb_norm``, depth from the layer keys, P from ``query_token``, the class count and the
+number of class tokens from ``cls_embedding``, the token grid from ``pos_for_diff``, the head's kind from its adaLN
+width. Attention heads are 64 channels wide in every released size (B 768/12, L 1024/16, H 1280/20).
 """
 
 from __future__ import annotations
@@ -75,9 +76,13 @@ def infer_c2i_config(table: TensorTable) -> C2IConfig:
     if grid * grid != tokens:
         raise CheckpointError(f"model ({table.files()}): pos_for_diff has {tokens} rows, not a square token grid.")
     parallel = table.shapes["query_token"][1] + 1 if "query_token" in table.shapes else 1
+    rows, cls_width = _shape(table, "cls_embedding.weight", "model")
+    if cls_width % dim or rows < 2:
+        raise CheckpointError(f"model ({table.files()}): cls_embedding.weight is {rows}x{cls_width}; expected "
+                              f"(classes + 1) x (class tokens · {dim}).")
     return C2IConfig(dim=dim, num_layers=_count(table, r"layers\.(\d+)\.attention\.wqkv\.weight"),
                      num_heads=dim // C2I_ATTN_HEAD_DIM, token_channels=_shape(table, "proj_in.w1.weight", "model")[1],
-                     parallel=parallel, grid=grid)
+                     parallel=parallel, grid=grid, class_tokens=cls_width // dim, num_classes=rows - 1)
 
 
 def infer_head_config(table: TensorTable, cfg: C2IConfig) -> DiffusionHeadConfig:

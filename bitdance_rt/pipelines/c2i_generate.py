@@ -14,8 +14,7 @@ from typing import Callable
 import torch
 
 from ..loading.c2i_checkpoint import C2IModel
-from ..reference.c2i_backbone import NUM_CLASSES
-from ..reference.masks import C2I_CAUSAL_LEN, block_causal_mask
+from ..reference.masks import block_causal_mask
 from ..reference.sampler import NoiseFn, linear_guidance, sample_patch
 
 
@@ -25,10 +24,10 @@ def generate_c2i_tokens(model: C2IModel, labels: list[int], num_steps: int, guid
     device = bb.norm.weight.device
     p, num_ar = cfg.parallel, cfg.num_tokens // cfg.parallel
     batch = len(labels)
-    rows = labels + ([NUM_CLASSES] * batch if guidance > 1.0 else [])
+    rows = labels + ([cfg.null_class] * batch if guidance > 1.0 else [])
     cache = bb.new_cache(len(rows))
     prefix = bb.class_tokens(torch.tensor(rows, device=device))
-    hidden = bb(prefix, block_causal_mask(cfg.num_prefix, C2I_CAUSAL_LEN, p, device), cache)
+    hidden = bb(prefix, block_causal_mask(cfg.num_prefix, cfg.causal_len, p, device), cache)
     head_dtype = model.head.input_proj.weight.dtype
 
     def head(x, t, cond):

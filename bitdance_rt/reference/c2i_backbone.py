@@ -21,8 +21,8 @@ from .kv_cache import KVCache
 from .rope import apply_interleaved, c2i_rope_tables
 
 NORM_EPS = 1e-6
-NUM_CLASS_TOKENS = 64
-NUM_CLASSES = 1000  # class 1000 is the null class of the unconditional half
+NUM_CLASS_TOKENS = 64  # the release's count (a training flag; a checkpoint's own count is read from its shapes)
+NUM_CLASSES = 1000  # ImageNet; the null class of the unconditional half is the last id (1000)
 
 
 def ffn_hidden(dim: int) -> int:
@@ -39,6 +39,18 @@ class C2IConfig:
     token_channels: int      # C (32)
     parallel: int            # P
     grid: int = 16           # token grid side (256 / 16)
+    class_tokens: int = NUM_CLASS_TOKENS  # class embedding viewed as this many tokens
+    num_classes: int = NUM_CLASSES        # real classes; id ``num_classes`` is the null class
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    @property
+    def causal_len(self) -> int:
+        """The causal part of the prefix: every class token but the last (the first block is the last class token
+        and the P−1 query tokens)."""
+        return self.class_tokens - 1
 
     @property
     def head_dim(self) -> int:
@@ -51,7 +63,7 @@ class C2IConfig:
     @property
     def num_prefix(self) -> int:
         """Class tokens plus query tokens: the positions before the first image token."""
-        return NUM_CLASS_TOKENS + self.parallel - 1
+        return self.class_tokens + self.parallel - 1
 
     @property
     def num_tokens(self) -> int:
@@ -60,7 +72,7 @@ class C2IConfig:
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         d, c, h, f = self.dim, self.token_channels, int(self.dim * 1.5), ffn_hidden(self.dim)
         shapes = {
-            "cls_embedding.weight": (NUM_CLASSES + 1, d * NUM_CLASS_TOKENS),
+            "cls_embedding.weight": (self.num_classes + 1, d * self.class_tokens),
             "proj_in.w1.weight": (2 * h, c), "proj_in.w1.bias": (2 * h,),
             "proj_in.w2.weight": (d, h), "proj_in.w2.bias": (d,),
             "emb_norm.weight": (d,), "norm.weight": (d,),
@@ -137,7 +149,7 @@ class C2IBackbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
-        self.cls_embedding = nn.Embedding(NUM_CLASSES + 1, d * NUM_CLASS_TOKENS)
+        self.cls_embedding = nn.Embedding(cfg.num_classes + 1, d * cfg.class_tokens)
         if cfg.parallel > 1:
             self.query_token = nn.Parameter(torch.empty(1, cfg.parallel - 1, d))
         self.proj_in = SwiGLUConnector(cfg.token_channels, d)
@@ -155,9 +167,10 @@ class C2IBackbone(nn.Module):
         return self._rope
 
     def class_tokens(self, labels: torch.Tensor) -> torch.Tensor:
-        """``[B]`` labels (0..999, 1000 = null) -> ``[B, 64 + P − 1, dim]`` prefix embeddings."""
+        """``[B]`` labels (``0..num_classes − 1``; ``num_classes`` = null) -> ``[B, class_tokens + P − 1, dim]``
+        prefix embeddings."""
         b = labels.shape[0]
-        x = self.cls_embedding(labels).view(b, NUM_CLASS_TOKENS, self.cfg.dim)
+        x = self.cls_embedding(labels).view(b, self.cfg.class_tokens, self.cfg.dim)
         if self.cfg.parallel > 1:
             x = torch.cat([x, self.query_token.expand(b, -1, -1)], dim=1)
         return x

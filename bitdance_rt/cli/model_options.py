@@ -1,0 +1,32 @@
+"""The options every model-loading command shares (``--tokenizer``, ``--device``, ``--dtype``, ``--backend``,
+``--trust-pickle``) and the one place that turns them into a ``Runtime``."""
+
+from __future__ import annotations
+
+import argparse
+
+def add_model_arguments(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    if model_required:
+        p.add_argument("model", help="text-to-image model directory or class-conditional checkpoint (.pt)")
+    else:
+        p.add_argument("model", nargs="?", help="text-to-image model directory or class-conditional checkpoint (.pt)")
+    p.add_argument("--tokenizer", help="class-conditional tokenizer file (ae_d16c32.pt)")
+    add_device_arguments(p)
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow class-conditional files that need full pickle loading (runs code from the file)")
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--backend", default="auto",
+                   help="auto (default: the engine on CUDA, the reference elsewhere), reference, triton or cuda")
+
+
+def load_runtime(a: argparse.Namespace, model=None, **options):
+    """``Runtime.from_pretrained`` with the command's model options (``model`` overrides ``a.model``)."""
+    from ..runtime import Runtime
+
+    return Runtime.from_pretrained(a.model if model is None else model, device=a.device, dtype=a.dtype,
+                                   backend=a.backend, tokenizer_path=getattr(a, "tokenizer", None),
+                                   trust_pickle=getattr(a, "trust_pickle", False), **options)
