@@ -50,12 +50,13 @@ import floors
 import model_shapes
 import torch
 
-from bitdance_rt.backends import triton_interpreter_on
-from bitdance_rt.loading.c2i_checkpoint import C2IModel, load_c2i
-from bitdance_rt.loading.t2i_checkpoint import T2IModel, load_t2i
-from bitdance_rt.prompt_tokenizer import chat_prompt
-from bitdance_rt.runtime import C2I_GUIDANCE, C2I_GUIDANCE_FALLBACK, C2I_STEPS, T2I_DEFAULTS, Runtime
-from bitdance_rt.sizes import C2I_SIZE, token_grid
+from bitdance_rt.platform import triton_interpreter_on
+from bitdance_rt.families import Family, family_of
+from bitdance_rt.loading.c2i_checkpoint import load_c2i
+from bitdance_rt.loading.t2i_checkpoint import load_t2i
+from bitdance_rt.request import ImageRequest, resolve_request
+from bitdance_rt.runtime import Runtime
+from bitdance_rt.sizes import token_grid
 from bitdance_rt.tiny_models import write_tiny_c2i, write_tiny_t2i
 
 STAGES = ("prefill", "backbone", "head", "decode", "other")
@@ -64,8 +65,9 @@ BACKENDS = ("reference", "triton", "cuda")
 ENGINE_BACKENDS = ("cuda", "triton")  # the targets judge the first of these that ran
 DEFAULT_PROMPT = "A red fox resting in a snowy birch forest at dawn, soft golden light, detailed fur"
 DECODE_PIXELS = 4 << 20  # pixels per token-decoder call (4 images of 1024x1024, 64 of 256x256)
-T2I_BATCHES, C2I_BATCHES, TINY_BATCHES = (1, 8), (256,), (1,)
-TINY_T2I_SIZE = (512, 512)
+DEFAULT_BATCHES = {"t2i": (1, 8), "c2i": (256,)}  # by family key
+TINY_BATCHES = (1,)
+TINY_SIZES = {"t2i": (512, 512)}  # tiny text-to-image models run at 512x512; the rest at their default size
 TINY_NAME = re.compile(r"tiny-(t2i|c2i)-(\d+)x")
 GIB = 1 << 30
 
@@ -195,10 +197,10 @@ def engine_stages(engine, clock: StageClock):
 
 
 @contextlib.contextmanager
-def reference_stages(model: T2IModel | C2IModel, clock: StageClock):
+def reference_stages(family: Family, clock: StageClock):
     """Forward pre-hooks on the reference modules: the backbone (prefill until the head first runs), the head,
     and the token embedder (counted with the backbone step it feeds)."""
-    feed = model.projector if isinstance(model, T2IModel) else model.backbone.proj_in
+    model, feed = family.model, family.token_embedder
 
     def on_backbone(module, args):
         clock.enter("backbone" if clock.seen("head") else "prefill")
@@ -214,7 +216,7 @@ def reference_stages(model: T2IModel | C2IModel, clock: StageClock):
 
 
 def stage_hooks(runtime: Runtime, clock: StageClock):
-    return reference_stages(runtime.model, clock) if runtime.engine is None else engine_stages(runtime.engine, clock)
+    return reference_stages(runtime.family, clock) if runtime.engine is None else engine_stages(runtime.engine, clock)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -222,12 +224,12 @@ def stage_hooks(runtime: Runtime, clock: StageClock):
 # ----------------------------------------------------------------------------------------------------------------
 
 def generate_tokens(runtime: Runtime, req: Request, steps: int) -> torch.Tensor:
-    if runtime.family == "t2i":
-        out = runtime.generate(req.prompt, height=req.height, width=req.width, num_sampling_steps=steps,
-                               guidance_scale=req.guidance, seed=req.seed, num_images=req.batch, output_type="tokens")
+    if runtime.family.condition_field == "prompt":
+        condition = {"prompt": req.prompt, "num_images": req.batch}
     else:
-        out = runtime.generate(class_labels=req.labels(), num_sampling_steps=steps, guidance_scale=req.guidance,
-                               seed=req.seed, output_type="tokens")
+        condition = {"class_labels": req.labels()}
+    out = runtime.generate(**condition, height=req.height, width=req.width, num_sampling_steps=steps,
+                           guidance_scale=req.guidance, seed=req.seed, output_type="tokens")
     return out.tokens
 
 
@@ -276,17 +278,12 @@ def run_backend(runtime: Runtime, req: Request, decode_chunk: int) -> dict:
 # Floors
 # ----------------------------------------------------------------------------------------------------------------
 
-def prefix_lengths(model: T2IModel | C2IModel, req: Request, grid: tuple[int, int]) -> list[int]:
+def prefix_lengths(family: Family, req: Request) -> list[int]:
     """Positions each row runs through the prefill (both guidance rows)."""
-    guided = req.guidance > 1.0
-    if isinstance(model, C2IModel):
-        return [model.config.num_prefix] * req.batch * (2 if guided else 1)
-    tok = model.tokenizer
-    start = len(tok.image_start_ids(grid[0], grid[1], model.parallel))
-    rows = [len(tok.encode(chat_prompt(req.prompt))) + start] * req.batch
-    if guided:
-        rows += [len(tok.encode(chat_prompt(None))) + start] * req.batch
-    return rows
+    condition = {"prompt": req.prompt} if family.condition_field == "prompt" else {"class_label": 0}
+    spec = resolve_request(ImageRequest(**condition, height=req.height, width=req.width, num_images=req.batch,
+                                        num_sampling_steps=req.steps, guidance_scale=req.guidance, seed=0), family)
+    return family.prefix_lengths(spec)
 
 
 def stage_work(roles: model_shapes.ParameterRoles, prefixes: list[int], parallel: int, num_ar: int, steps: int,
@@ -410,47 +407,42 @@ def print_run(name: str, run: dict, device_text: str) -> None:
 # Models, settings, main
 # ----------------------------------------------------------------------------------------------------------------
 
-def tiny_model(name: str, root: Path) -> T2IModel | C2IModel:
+def tiny_model(name: str, root: Path) -> Family:
     """A tiny model (``tiny-t2i-<P>x`` or ``tiny-c2i-<P>x``) written by ``bitdance_rt.tiny_models`` under ``root``
     and loaded on the CPU in float32."""
     match = TINY_NAME.fullmatch(name)
     family, parallel = match.group(1), int(match.group(2))
     cpu = torch.device("cpu")
     if family == "t2i":
-        return load_t2i(write_tiny_t2i(root / name, parallel_num=parallel), cpu, torch.float32)
+        return family_of(load_t2i(write_tiny_t2i(root / name, parallel_num=parallel), cpu, torch.float32))
     model_path, ae_path = write_tiny_c2i(root / name, parallel_num=parallel)
-    return load_c2i(model_path, ae_path, cpu, torch.float32)
+    return family_of(load_c2i(model_path, ae_path, cpu, torch.float32))
 
 
-def requests_for(model: T2IModel | C2IModel, args: argparse.Namespace) -> list[Request]:
-    t2i = isinstance(model, T2IModel)
-    if t2i:
-        size = args.size or (TINY_T2I_SIZE if args.tiny else (T2I_DEFAULTS["height"], T2I_DEFAULTS["width"]))
-        steps, guidance = T2I_DEFAULTS["num_sampling_steps"], T2I_DEFAULTS["guidance_scale"]
-    else:
-        c = model.config
-        size, steps = C2I_SIZE, C2I_STEPS
-        guidance = C2I_GUIDANCE.get((c.dim, c.num_layers, c.parallel), C2I_GUIDANCE_FALLBACK)  # the release's flags
-    batches = args.batch or (TINY_BATCHES if args.tiny else T2I_BATCHES if t2i else C2I_BATCHES)
-    return [Request(size[0], size[1], b, args.steps or steps, guidance if args.guidance is None else args.guidance,
-                    args.seed, args.prompt) for b in batches]
+def requests_for(family: Family, args: argparse.Namespace) -> list[Request]:
+    size = args.size or (TINY_SIZES.get(family.key) if args.tiny else None) or family.default_size
+    batches = args.batch or (TINY_BATCHES if args.tiny else DEFAULT_BATCHES[family.key])
+    guidance = family.default_guidance if args.guidance is None else args.guidance
+    return [Request(size[0], size[1], b, args.steps or family.default_steps, guidance, args.seed, args.prompt)
+            for b in batches]
 
 
-def run_model(name: str, model: T2IModel | C2IModel, args: argparse.Namespace, device: torch.device,
+def run_model(name: str, model, args: argparse.Namespace, device: torch.device,
               dtype: torch.dtype, rates: dict) -> list[dict]:
     """Every batch size of one model on every backend: runs, floors and targets, printed and returned."""
-    roles = model_shapes.parameter_roles(model_shapes.model_parts(model))
+    family = family_of(model)
+    roles = model_shapes.parameter_roles(model_shapes.model_parts(family))
     element_bytes = torch.finfo(dtype).bits // 8
     runs = []
-    for req in requests_for(model, args):
-        grid = token_grid(req.height, req.width, model.decoder_layout.downsample, model.parallel)
-        num_ar = grid[0] * grid[1] // model.parallel
-        work = stage_work(roles, prefix_lengths(model, req, grid), model.parallel, num_ar, req.steps, element_bytes)
+    for req in requests_for(family, args):
+        grid = token_grid(req.height, req.width, family.downsample, family.parallel)
+        num_ar = grid[0] * grid[1] // family.parallel
+        work = stage_work(roles, prefix_lengths(family, req), family.parallel, num_ar, req.steps, element_bytes)
         chunk = args.decode_chunk or max(1, DECODE_PIXELS // (req.height * req.width))
-        run = {"model": name, **asdict(req), "parallel": model.parallel, "ar_steps": num_ar, "decode_chunk": chunk,
+        run = {"model": name, **asdict(req), "parallel": family.parallel, "ar_steps": num_ar, "decode_chunk": chunk,
                "parameters": asdict(roles), "floors": floor_table(work, rates), "backends": {}}
         for backend in args.backends:
-            runtime = Runtime(model, device, dtype, backend)
+            runtime = Runtime(family, device, dtype, backend)
             run["backends"][backend] = run_backend(runtime, req, chunk)
             del runtime
             release_memory(device)

@@ -173,11 +173,11 @@ def parameter_roles(parts: dict[str, Shapes]) -> ParameterRoles:
         decoder=count(parts["decoder"]))
 
 
-def model_parts(model: T2IModel | C2IModel) -> dict[str, Shapes]:
-    """The part shapes of a built or loaded model, read off its modules."""
-    modules = {"backbone": model.backbone, "head": model.head, "decoder": model.decoder}
-    if isinstance(model, T2IModel):
-        modules["projector"] = model.projector
+def model_parts(model) -> dict[str, Shapes]:
+    """The part shapes of a built or loaded model (or its family object), read off its modules."""
+    from bitdance_rt.families import family_of
+
+    modules = family_of(model).modules()
     return {name: {k: tuple(p.shape) for k, p in m.named_parameters()} for name, m in modules.items()}
 
 

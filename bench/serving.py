@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from bitdance_rt.loading.t2i_checkpoint import load_t2i
-from bitdance_rt.requests import T2I_DEFAULTS
+from bitdance_rt.families.text_to_image import T2I_DEFAULTS
 from bitdance_rt.runtime import Runtime
 from bitdance_rt.tiny_models import write_tiny_t2i
 
@@ -167,7 +167,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.tiny:
             args.backend = "reference"
         else:
-            from bitdance_rt.backends import resolve_backend
+            from bitdance_rt.platform import resolve_backend
 
             args.backend = resolve_backend("auto", torch.device("cuda"))
     return args

@@ -13,7 +13,12 @@ class CheckpointError(BitDanceError, ValueError):
 
 
 class InvalidRequestError(BitDanceError, ValueError):
-    """An argument of a runtime call is out of range or inconsistent."""
+    """An argument of a runtime call is out of range or inconsistent. ``param`` names the request field at fault
+    when there is one (``"prompt"``, ``"size"``, ...), for APIs that report it."""
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class UnsupportedDeviceError(BitDanceError, RuntimeError):

@@ -20,42 +20,36 @@ from typing import Any
 
 import torch
 
-from .backends import build_engine, resolve_backend
-from .devices import resolve_device, resolve_dtype
-from .errors import CheckpointError, InvalidRequestError
-from .loading.c2i_checkpoint import C2IModel, load_c2i
-from .loading.t2i_checkpoint import T2IModel, is_t2i_directory, load_t2i
+from .engine import build_engine
+from .errors import InvalidRequestError
+from .families import Family, family_of, load_family
 from .outputs import GenerationOutput, format_images
-from .pipelines.c2i_generate import generate_c2i_tokens
-from .pipelines.t2i_generate import generate_t2i_tokens
+from .platform import engine_chain, resolve_backend, resolve_device, resolve_dtype
 from .reference.patch_order import from_patch_raster
-from .reference.sampler import generator_noise
-from .requests import (C2I_GUIDANCE, C2I_GUIDANCE_FALLBACK, C2I_STEPS, T2I_DEFAULTS, Sampling, check_labels,
-                       check_prompts, check_sampling, check_size, row_seeds)
+from .request import GenerateCall, ImageRequest, RequestSpec, check_int, image_seeds, resolve_generate
 from .serving.handle import RequestHandle
 from .serving.limits import DEFAULT_MAX_BATCH, check_max_batch, parse_memory_budget
-from .serving.request import ImageRequest
-from .serving.request_spec import RequestSpec
 from .serving.scheduler import Scheduler
-from .sizes import C2I_SIZE, check_t2i_size, token_grid
+from .sizes import token_grid
 
-__all__ = ["Runtime", "T2I_DEFAULTS", "C2I_STEPS", "C2I_GUIDANCE", "C2I_GUIDANCE_FALLBACK"]
+__all__ = ["Runtime"]
 
 
 class Runtime:
     """A loaded model. Build it with :meth:`from_pretrained`."""
 
-    def __init__(self, model: T2IModel | C2IModel, device: torch.device, dtype: torch.dtype, backend: str, *,
+    def __init__(self, model, device: torch.device, dtype: torch.dtype, backend: str, *,
                  max_batch: int = DEFAULT_MAX_BATCH, memory_budget: int | str | None = None,
-                 batch_invariant: bool = True):
-        self.model = model
+                 batch_invariant: bool = True, op_providers: dict[str, str] | None = None):
+        self.family: Family = family_of(model)
+        self.model = self.family.model
         self.device = device
         self.dtype = dtype
         self.backend = backend
-        self.family = "t2i" if isinstance(model, T2IModel) else "c2i"
         self._limits = {"max_batch": check_max_batch(max_batch), "memory_budget": parse_memory_budget(memory_budget),
                         "batch_invariant": bool(batch_invariant)}
-        self.engine = build_engine(model, backend, device) if backend in ("triton", "cuda") else None
+        self._op_providers = dict(op_providers or {})
+        self.engine = self._build_engine() if backend in ("triton", "cuda") else None
         self._serving_engine = self.engine
         self._device_lock = threading.RLock()  # every device pass of the schedulers and previews
         self._serving_setup = threading.Lock()
@@ -68,61 +62,44 @@ class Runtime:
                         dtype: torch.dtype | str | None = None, backend: str = "auto",
                         tokenizer_path: str | Path | None = None, trust_pickle: bool = False,
                         max_batch: int = DEFAULT_MAX_BATCH, memory_budget: int | str | None = None,
-                        batch_invariant: bool = True) -> "Runtime":
+                        batch_invariant: bool = True, op_providers: dict[str, str] | None = None) -> "Runtime":
         """Load a model. ``path``: a text-to-image directory or a class-conditional checkpoint file;
         ``tokenizer_path``: the class-conditional tokenizer file (``ae_d16c32.pt``); ``backend``: ``"auto"``
-        (Triton engine on CUDA, reference elsewhere), ``"reference"``, ``"triton"`` or ``"cuda"`` (see
-        ``backends.py``). Serving limits (``submit``/``step``): ``max_batch`` rows per continuous batch (an image is
-        2 rows when guided), ``memory_budget`` in bytes or as ``"20GiB"`` (None: no limit), ``batch_invariant``
-        (every step computes the whole batch, so an image does not depend on what shares it)."""
+        (the engine on CUDA, the reference elsewhere), ``"reference"``, ``"triton"`` or ``"cuda"`` (see
+        ``platform.py``); ``op_providers``: ``{operation: provider}`` overriding the engine's choice of provider
+        for single operations (``"cuda"``, ``"triton"`` or ``"torch"``; see ``bitdance_rt.ops``). Serving limits
+        (``submit``/``step``): ``max_batch`` rows per continuous batch (an image is 2 rows when guided),
+        ``memory_budget`` in bytes or as ``"20GiB"`` (None: no limit), ``batch_invariant`` (every step computes the
+        whole batch, so an image does not depend on what shares it). Every argument is checked before any weight
+        is read."""
         check_max_batch(max_batch)
         parse_memory_budget(memory_budget)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         backend = resolve_backend(backend, dev)
-        path = Path(path)
-        if not path.exists():
-            raise CheckpointError(f"{path} does not exist; pass a text-to-image model directory or a "
-                                  "class-conditional checkpoint file.")
+        _check_op_providers(op_providers, dev, backend)
         with torch.inference_mode(False), torch.no_grad():
-            if is_t2i_directory(path):
-                if tokenizer_path is not None:
-                    raise InvalidRequestError("tokenizer_path is only for class-conditional checkpoints; the "
-                                              "text-to-image directory carries its own tokenizer.")
-                model: T2IModel | C2IModel = load_t2i(path, dev, dt)
-            elif path.is_file():
-                model = load_c2i(path, Path(tokenizer_path) if tokenizer_path is not None else None, dev, dt,
-                                 trust_pickle=trust_pickle)
-            else:
-                raise CheckpointError(f"{path} is a directory without config.json: not a text-to-image model "
-                                      "directory (and a class-conditional checkpoint is a single file).")
-        return cls(model, dev, dt, backend, max_batch=max_batch, memory_budget=memory_budget,
-                   batch_invariant=batch_invariant)
+            family = load_family(Path(path), tokenizer_path, dev, dt, trust_pickle=trust_pickle)
+        return cls(family, dev, dt, backend, max_batch=max_batch, memory_budget=memory_budget,
+                   batch_invariant=batch_invariant, op_providers=op_providers)
+
+    def _build_engine(self, chain: str | None = None):
+        """The engine over the model's weights, its operations resolved for this backend (or ``chain``)."""
+        from .ops import OpSet
+
+        ops = OpSet(self.device, chain or engine_chain(self.backend), overrides=self._op_providers)
+        return build_engine(self.family, ops)
 
     # ------------------------------------------------------------------ information
     @property
     def parallel(self) -> int:
-        return self.model.parallel
+        return self.family.parallel
 
     def describe(self) -> dict[str, Any]:
-        """Family, backend, device, dtype, P and sizes of the loaded model."""
-        m = self.model
-        info: dict[str, Any] = {"family": self.family, "backend": self.backend, "device": str(self.device),
-                                "dtype": str(self.dtype).replace("torch.", ""), "tokens_per_step": m.parallel,
-                                "token_channels": m.head_config.token_channels,
-                                "head": {"width": m.head_config.width, "blocks": m.head_config.depth,
-                                         "kind": m.head_config.block_kind},
-                                "decoder_downsample": m.decoder_layout.downsample}
-        parts = {"backbone": m.backbone, "head": m.head, "decoder": m.decoder}
-        if isinstance(m, T2IModel):
-            c = m.backbone_config
-            info["backbone"] = {"hidden": c.hidden_size, "layers": c.num_hidden_layers,
-                                "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads}
-            parts["projector"] = m.projector
-        else:
-            c2 = m.config
-            info["backbone"] = {"hidden": c2.dim, "layers": c2.num_layers, "heads": c2.num_heads}
-        info["parameters"] = {k: sum(p.numel() for p in v.parameters()) for k, v in parts.items()}
+        """Family, backend, device, dtype, P, sizes, defaults and parameter counts of the loaded model; the engine's
+        operations; the serving limits."""
+        info: dict[str, Any] = {"backend": self.backend, "device": str(self.device),
+                                "dtype": str(self.dtype).replace("torch.", ""), **self.family.describe()}
         if self.engine is not None:
             from . import cuda_ext
 
@@ -152,76 +129,39 @@ class Runtime:
         call so that all its rows form one batch (one request per prompt or label; row r of seed s draws its noise
         from seed s + r).
         """
-        if self.family == "t2i":
-            if class_labels is not None:
-                raise InvalidRequestError("class_labels is for class-conditional models; this model takes prompts.")
-            if prompt is None:
-                raise InvalidRequestError("this text-to-image model needs a prompt (a string or a list of strings).")
-            prompts, negatives = check_prompts(prompt, negative_prompt)
-            height = check_size("height", T2I_DEFAULTS["height"] if height is None else height)
-            width = check_size("width", T2I_DEFAULTS["width"] if width is None else width)
-            check_t2i_size(height, width)
-            steps = T2I_DEFAULTS["num_sampling_steps"] if num_sampling_steps is None else num_sampling_steps
-            guidance = T2I_DEFAULTS["guidance_scale"] if guidance_scale is None else guidance_scale
-        else:
-            if prompt is not None or negative_prompt is not None:
-                raise InvalidRequestError("this class-conditional model takes class_labels, not prompts.")
-            if class_labels is None:
-                raise InvalidRequestError("this class-conditional model needs class_labels (ImageNet ids 0..999).")
-            labels = check_labels(class_labels)
-            height = check_size("height", C2I_SIZE[0] if height is None else height)
-            width = check_size("width", C2I_SIZE[1] if width is None else width)
-            if (height, width) != C2I_SIZE:
-                raise InvalidRequestError(f"class-conditional models make {C2I_SIZE[0]}x{C2I_SIZE[1]} images only, "
-                                          f"got {height}x{width}.")
-            steps = C2I_STEPS if num_sampling_steps is None else num_sampling_steps
-            guidance = self.default_c2i_guidance() if guidance_scale is None else guidance_scale
-        grid = token_grid(height, width, self.model.decoder_layout.downsample, self.parallel)
-        s = check_sampling(steps, guidance, num_images, output_type, seed, generator, callback, self.device)
-
+        call = resolve_generate(self.family, prompt, class_labels, negative_prompt, height=height, width=width,
+                                num_sampling_steps=num_sampling_steps, guidance_scale=guidance_scale, seed=seed,
+                                generator=generator, num_images=num_images, output_type=output_type,
+                                callback=callback, device=self.device)
+        first = call.first
         timings: dict[str, float] = {}
-        with torch.no_grad(), _progress_bar(progress, s) as report:
+        with torch.no_grad(), _progress_bar(progress, call.callback) as report:
             t0 = time.perf_counter()
             if self.engine is None:
-                noise = generator_noise(s.generator, self.device)
                 with self._device_lock:  # not beside a serving worker's pass (or its CUDA-graph capture)
-                    if self.family == "t2i":
-                        tokens = generate_t2i_tokens(self.model, prompts, negatives, s.num_images, grid, s.num_steps,
-                                                     s.guidance, noise, report)
-                    else:
-                        rows = [c for c in labels for _ in range(s.num_images)]
-                        tokens = generate_c2i_tokens(self.model, rows, s.num_steps, s.guidance, noise, report)
+                    tokens = self.family.reference_tokens(call.specs, call.generator, report)
             else:
-                items = prompts if self.family == "t2i" else labels
-                tokens = self._engine_tokens(items, negatives if self.family == "t2i" else None, s, height, width,
-                                             report)
+                tokens = self._engine_tokens(call, report)
             timings["tokens_s"] = time.perf_counter() - t0
             images = None
-            if s.output_type != "tokens":
+            if first.output_type != "tokens":
                 t1 = time.perf_counter()
                 with self._device_lock:
-                    images = format_images(self._decode(tokens, grid, s.generator), s.output_type)
+                    images = format_images(self._decode(tokens, first.grid, call.generator), first.output_type)
                 timings["decode_s"] = time.perf_counter() - t1
-        return GenerationOutput(images=images, tokens=tokens.to("cpu", torch.int8), height=height, width=width,
-                                seed=s.seed, timings=timings)
+        return GenerationOutput(images=images, tokens=tokens.to("cpu", torch.int8), height=first.height,
+                                width=first.width, seed=call.seed, timings=timings)
 
-    def _engine_tokens(self, items: list, negatives: list | None, s: Sampling, height: int, width: int,
-                       report) -> torch.Tensor:
+    def _engine_tokens(self, call: GenerateCall, report) -> torch.Tensor:
         """``generate`` on the engine: one request per prompt or label on the private generate scheduler, stepped
         here until all are done. A failure cancels the call's other requests and raises the original error."""
-        n, guided = s.num_images, s.guidance > 1.0
-        seeds = row_seeds(s, len(items) * n)
+        seeds = image_seeds(call)
         with self._generate_lock:
-            sched = self._private_scheduler(len(items) * n * (2 if guided else 1))
+            sched = self._private_scheduler(sum(s.rows for s in call.specs))
             handles: list[RequestHandle] = []
             try:
-                for i, item in enumerate(items):
-                    what = {"prompt": item, "negative_prompt": negatives[i]} if self.family == "t2i" \
-                        else {"class_label": item}
-                    request = ImageRequest(**what, height=height, width=width, num_images=n,
-                                           num_sampling_steps=s.num_steps, guidance_scale=s.guidance,
-                                           seed=None if s.seed is None else s.seed + i * n, output_type="tokens")
-                    handles.append(sched.submit(request, image_seeds=seeds[i * n:(i + 1) * n]))
+                for spec, own in zip(call.specs, seeds):
+                    handles.append(sched.submit_spec(_tokens_only(spec, own)))
                 handles[0].add_listener(lambda e: report(e["step"], e["total"]) if e["type"] == "progress" else None)
                 while not all(h.done for h in handles):
                     sched.step()
@@ -230,24 +170,18 @@ class Runtime:
                     h.cancel()
                 raise
             for h in handles:
-                if h.status == "failed":
-                    raise h._error
+                h.raise_if_failed()
             return torch.cat([h.result().tokens for h in handles])
-
-    def default_c2i_guidance(self) -> float:
-        c = self.model.config
-        return C2I_GUIDANCE.get((c.dim, c.num_layers, c.parallel), C2I_GUIDANCE_FALLBACK)
 
     # ------------------------------------------------------------------ serving: the step-level API
     def _engine_for_serving(self):
         """The runtime's engine, or on ``backend="reference"`` one with the PyTorch operations (made once)."""
         if self._serving_engine is None:
-            self._serving_engine = build_engine(self.model, "torch", self.device, ops_chain="torch")
+            self._serving_engine = self._build_engine("torch")
         return self._serving_engine
 
     def _new_scheduler(self, name: str, **limits) -> Scheduler:
-        default = self.default_c2i_guidance() if self.family == "c2i" else T2I_DEFAULTS["guidance_scale"]
-        return Scheduler(self._engine_for_serving(), self.model, self._decode_request, default, name=name,
+        return Scheduler(self._engine_for_serving(), self.family, self._decode_request, name=name,
                          device_lock=self._device_lock, **limits)
 
     def _private_scheduler(self, rows: int) -> Scheduler:
@@ -304,9 +238,9 @@ class Runtime:
         ``seed``/``generator`` feed the noise of GAN decoders."""
         if output_type not in ("pil", "np", "pt"):
             raise InvalidRequestError(f"output_type={output_type!r}; decode_tokens gives 'pil', 'np' or 'pt'.")
-        grid = token_grid(check_size("height", height), check_size("width", width),
-                          self.model.decoder_layout.downsample, self.parallel)
-        c = self.model.head_config.token_channels
+        grid = token_grid(check_int("height", height, 1), check_int("width", width, 1), self.family.downsample,
+                          self.parallel)
+        c = self.family.token_channels
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tuple(tokens.shape[1:]) != (grid[0] * grid[1], c):
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise InvalidRequestError(f"tokens must be a tensor [N, {grid[0] * grid[1]}, {c}] for a {height}x{width} "
@@ -324,11 +258,35 @@ class Runtime:
         return self.model.decoder(z, generator)
 
 
+def _tokens_only(spec: RequestSpec, seeds: list[int]) -> RequestSpec:
+    """A ``generate`` call's request as the private scheduler runs it: tokens only, with the call's image seeds."""
+    from dataclasses import replace
+
+    return replace(spec, output_type="tokens", image_seeds=tuple(seeds))
+
+
+def _check_op_providers(op_providers, device: torch.device, backend: str) -> None:
+    if op_providers is None:
+        return
+    from .ops import OP_NAMES, PROVIDERS
+
+    if not isinstance(op_providers, dict):
+        raise InvalidRequestError(f"op_providers must be a dict {{operation: provider}}, got "
+                                  f"{type(op_providers).__name__}.", param="op_providers")
+    for name, provider in op_providers.items():
+        if name not in OP_NAMES:
+            raise InvalidRequestError(f"op_providers: {name!r} is not an engine operation; operations: "
+                                      f"{', '.join(OP_NAMES)}.", param="op_providers")
+        if provider not in PROVIDERS:
+            raise InvalidRequestError(f"op_providers[{name!r}] = {provider!r}; providers: {', '.join(PROVIDERS)}.",
+                                      param="op_providers")
+
+
 class _progress_bar:
     """Context manager giving a ``report(step, total)`` that drives tqdm and the user's callback."""
 
-    def __init__(self, show: bool, sampling: Sampling):
-        self.show, self.callback, self.bar = show, sampling.callback, None
+    def __init__(self, show: bool, callback):
+        self.show, self.callback, self.bar = show, callback, None
 
     def __enter__(self):
         def report(step: int, total: int) -> None:

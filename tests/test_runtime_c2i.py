@@ -110,7 +110,7 @@ def test_single_int_label(rt_c2i16: Runtime):
 
 def test_default_guidance_of_an_unreleased_shape(rt_c2i16: Runtime):
     """The tiny model's (width, layers, P) is none of the release's, so the default guidance is the fallback."""
-    assert rt_c2i16.default_c2i_guidance() == 4.0
+    assert rt_c2i16.family.default_guidance == 4.0
     assert torch.equal(run(rt_c2i16, guidance_scale=None).tokens, run(rt_c2i16, guidance_scale=4.0).tokens)
 
 

@@ -40,7 +40,7 @@ def save_images(images, out: Path) -> list[Path]:
 def precheck(a: argparse.Namespace) -> None:
     """Argument errors that need no model are reported before a (possibly 14B) model is loaded."""
     from ..errors import InvalidRequestError
-    from ..requests import check_int
+    from ..request import check_int
 
     if (a.prompt is None) == (a.class_label is None):
         raise InvalidRequestError("give either a prompt (text-to-image models) or --class (class-conditional "

@@ -37,8 +37,7 @@ def run(a: argparse.Namespace) -> int:
 def kernel_choice(device: str | None, backend: str) -> dict[str, str]:
     """Which backend ``device`` and ``backend`` resolve to and, for the engine, which provider (CUDA extension,
     Triton, PyTorch) each operation gets and why a provider was skipped — without loading any weights."""
-    from ..backends import resolve_backend
-    from ..devices import resolve_device
+    from ..platform import resolve_backend, resolve_device
     from ..ops import OpSet
 
     dev = resolve_device(device)

@@ -17,7 +17,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..loading.c2i_checkpoint import C2IModel
 from ..ops import OpSet
 from ..reference.c2i_backbone import NORM_EPS
 from .engine_base import EngineBase
@@ -27,9 +26,10 @@ from .static_cache import CachePool, StaticKVCache
 
 
 class C2IEngine(EngineBase):
-    def __init__(self, model: C2IModel, ops: OpSet):
+    def __init__(self, family, ops: OpSet):
         super().__init__(ops)
-        self.model = model
+        self.family = family
+        self.model = model = family.model
         bb, cfg = model.backbone, model.config
         self.cfg = cfg
         cos, sin = bb.rope_tables()
@@ -83,18 +83,13 @@ class C2IEngine(EngineBase):
     def hidden_dtype(self) -> torch.dtype:
         return self.model.backbone.norm.weight.dtype
 
-    def request_rows(self, label: int, num_images: int, guided: bool) -> list[int]:
-        """Class ids of one request's cache rows, in slot order: per image its label, then (guided) the null
-        class."""
-        return [row for _ in range(num_images) for row in ((label, self.cfg.null_class) if guided else (label,))]
-
     def block_positions(self, grid: tuple[int, int]) -> torch.Tensor:
         """``pos_for_diff`` of every AR step, ``[h·w / P, P, dim]`` float32."""
         p = self.cfg.parallel
         return self.model.backbone.pos_for_diff.weight.float().view(-1, p, self.cfg.dim)
 
     def join(self, batch: SlotBatch, first_slot: int, rows: list[int]) -> None:
-        """A joining request's prefill, its rows only: class ids ``rows`` (``request_rows``) into the cache rows of
+        """A joining request's prefill, its rows only: class ids ``rows`` (``family.cache_rows``) into the cache rows of
         its slots ``first_slot ..``; the hidden states of their first block land in ``batch.hidden``."""
         span = batch.row_range(first_slot, len(rows) // batch.mult)
         if span.stop - span.start != len(rows):

@@ -17,9 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..loading.t2i_checkpoint import T2IModel
 from ..ops import OpSet
-from ..prompt_tokenizer import chat_prompt
 from ..reference.rope import rotate_half_tables
 from ..reference.t2i_embeddings import t2i_position_table
 from .engine_base import EngineBase
@@ -28,13 +26,13 @@ from .head_loop import FusedHead
 from .slot_batch import SlotBatch
 from .static_cache import CachePool, StaticKVCache
 
-CACHE_LEN_QUANTUM = 256  # cache lengths are rounded up to this, so requests of similar length share a bucket
-
 
 class T2IEngine(EngineBase):
-    def __init__(self, model: T2IModel, ops: OpSet, max_positions: int = 8192):
+    def __init__(self, family, ops: OpSet):
         super().__init__(ops)
-        self.model = model
+        self.family = family
+        self.model = model = family.model
+        max_positions = family.max_positions
         bb, cfg = model.backbone, model.backbone_config
         self.cfg = cfg
         self.qkv = [fuse_linears([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj]) for l in bb.layers]
@@ -102,16 +100,6 @@ class T2IEngine(EngineBase):
     def hidden_dtype(self) -> torch.dtype:
         return self.model.backbone.embed_tokens.weight.dtype
 
-    def request_rows(self, prompt: str, negative_prompt: str | None, grid: tuple[int, int], num_images: int,
-                     guided: bool) -> list[list[int]]:
-        """Token ids of one request's cache rows, in slot order: per image its prompt row, then (guided) its
-        negative-prompt row (the unconditional prompt when ``None``); each ends with the image-start tokens."""
-        tok, p = self.model.tokenizer, self.model.parallel
-        start = tok.image_start_ids(grid[0], grid[1], p)
-        cond = tok.encode(chat_prompt(prompt)) + start
-        uncond = tok.encode(chat_prompt(negative_prompt)) + start
-        return [row for _ in range(num_images) for row in ((cond, uncond) if guided else (cond,))]
-
     def block_positions(self, grid: tuple[int, int]) -> torch.Tensor:
         """The 2-D position term of every AR step, ``[h·w / P, P, hidden]`` float32 (cached per grid)."""
         if grid not in self._positions:
@@ -121,7 +109,7 @@ class T2IEngine(EngineBase):
         return self._positions[grid]
 
     def join(self, batch: SlotBatch, first_slot: int, rows: list[list[int]]) -> None:
-        """A joining request's prefill, its rows only: ``rows`` (``request_rows``) into the cache rows of its slots
+        """A joining request's prefill, its rows only: ``rows`` (``family.cache_rows``) into the cache rows of its slots
         ``first_slot ..``; their hidden states of the first block land in ``batch.hidden``."""
         span = batch.row_range(first_slot, len(rows) // batch.mult)
         if span.stop - span.start != len(rows):

@@ -55,7 +55,7 @@ def provider_available(provider: str, device: torch.device) -> tuple[bool, str]:
     if provider == "torch":
         return True, ""
     if provider == "triton":
-        from ..backends import triton_interpreter_on
+        from ..platform import triton_interpreter_on
 
         if device.type == "cuda" or triton_interpreter_on():
             return True, ""

@@ -24,7 +24,6 @@ import torch
 
 from ..engine.request_noise import RequestNoise
 from ..engine.slot_batch import SlotBatch
-from .family_plan import C2IPlan, T2IPlan
 from .slots import SlotTable
 from .ticket import Ticket
 
@@ -66,7 +65,7 @@ class Group:
         engine.release_batch((self.owner, self.key), self.slots)
         self.batch, self._positions = None, None
 
-    def join(self, engine, plan: T2IPlan | C2IPlan, tickets: list[Ticket]) -> dict[Ticket, list[int]]:
+    def join(self, engine, family, tickets: list[Ticket]) -> dict[Ticket, list[int]]:
         """Prefill admitted requests whose slots (taken) follow each other, in one pass over their rows only (one
         request per pass unless the scheduler joins several), then run their leading unguided AR steps; returns
         the AR steps each completed here. On an exception their slots are freed and none is active."""
@@ -83,7 +82,7 @@ class Group:
             batch.seeds[first:first + count] = torch.tensor([s for t in tickets for s in t.spec.image_seeds])
             batch.rows_in_request[first:first + count] = 0  # each image is keyed by its own seed; row 0: cond
             done: dict[Ticket, list[int]] = {t: [] for t in tickets}
-            for k in range(plan.leading_unguided_steps(tickets[0].spec)):
+            for k in range(family.leading_unguided_steps(tickets[0].spec.guidance, tickets[0].spec.num_ar)):
                 noise = torch.empty(self.num_steps + 1, 2, count, self.patch, engine.token_channels, device=device)
                 for t in tickets:  # each image draws its two rows; the sampler takes cond rows, then null-class rows
                     j = t.first_slot - first
@@ -111,7 +110,7 @@ class Group:
                 self.active.append(t)
         return done
 
-    def _load(self, plan: T2IPlan | C2IPlan) -> None:
+    def _load(self, family) -> None:
         """Write every active request's inputs of its next AR step into the batch: position terms, guidance
         scales and AR steps (the noise keys the head loop draws from) in one copy each."""
         batch = self.batch
@@ -120,17 +119,17 @@ class Group:
             k = t.steps_done
             span = slice(t.first_slot, t.first_slot + t.images)
             slot_steps[span] = [k] * t.images
-            scales[span] = [plan.cfg_at(t.spec, k)] * t.images
+            scales[span] = [family.guidance_at(t.spec.guidance, k, t.spec.num_ar)] * t.images
         steps = torch.tensor(slot_steps)
         batch.ar_steps.copy_(steps)
         batch.cfg.copy_(torch.tensor(scales))
         rows = steps.repeat_interleave(self.mult).to(batch.pos.device)
         torch.index_select(self._positions, 0, rows, out=batch.pos)
 
-    def step(self, engine, plan: T2IPlan | C2IPlan, invariant: bool) -> list[Ticket]:
+    def step(self, engine, family, invariant: bool) -> list[Ticket]:
         """One AR step of every active request; returns the tickets that advanced (finished ones are no longer
         active and their slots are free)."""
-        self._load(plan)
+        self._load(family)
         step = engine.ar_step(self.batch, self.slots if invariant else self.table.bucket())
         tokens = step.head()
         advanced = list(self.active)

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import BitDanceError
 from ..outputs import GenerationOutput
-from .request_spec import RequestSpec
+from ..request import RequestSpec
 
 TERMINAL = ("done", "cancelled", "failed")
 Listener = Callable[[dict], None]
@@ -90,6 +90,11 @@ class RequestHandle:
             raise RequestFailed(f"request {self.id} failed: {type(self._error).__name__}: {self._error}") \
                 from self._error
         return self._output
+
+    def raise_if_failed(self) -> None:
+        """Re-raise the original exception of a failed request (``result()`` wraps it in ``RequestFailed``)."""
+        if self._status == "failed":
+            raise self._error
 
     def cancel(self) -> bool:
         """Stop the request: a queued one leaves the queue, a running one frees its slots at the next step

@@ -80,27 +80,16 @@ def model_limits(runtime, *, max_images: int, max_sampling_steps: int, max_promp
                  default_size: tuple[int, int] | None = None) -> ModelLimits:
     """The sizes ``runtime``'s model can make and the server's per-request caps. ``default_size``: ``(height,
     width)``; default 1024x1024 for text-to-image models (the runtime's default) if allowed, else the first size."""
-    if runtime.family == "c2i":
-        sizes: tuple[tuple[int, int], ...] = (C2I_SIZE,)
-    else:
-        downsample, parallel = runtime.model.decoder_layout.downsample, runtime.parallel
-        allowed = []
-        for h, w in T2I_SIZES:
-            try:
-                token_grid(h, w, downsample, parallel)
-            except InvalidRequestError:
-                continue
-            allowed.append((h, w))
-        sizes = tuple(allowed)
+    sizes = runtime.family.sizes
     if not sizes:
         raise InvalidRequestError(f"the model (P = {runtime.parallel}) can make none of the supported sizes; "
                                   "it cannot be served.")
     if default_size is None:
-        default_size = T2I_DEFAULT_SIZE if T2I_DEFAULT_SIZE in sizes else sizes[0]
+        default_size = runtime.family.default_size
     elif tuple(default_size) not in sizes:
         raise InvalidRequestError(f"default size {size_name(default_size)} (WIDTHxHEIGHT) is not one the model "
                                   f"makes; choose one of {', '.join(size_name(s) for s in sizes)}.")
-    return ModelLimits(runtime.family, sizes, tuple(default_size), max_images, max_sampling_steps, max_prompt_chars)
+    return ModelLimits(runtime.family.key, sizes, tuple(default_size), max_images, max_sampling_steps, max_prompt_chars)
 
 
 def parse_size(text: str) -> tuple[int, int]:

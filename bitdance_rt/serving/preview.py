@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InvalidRequestError
-from .request_spec import RequestSpec
+from ..request import RequestSpec
 
 PREVIEW_TYPES = ("pil", "np", "pt")
 

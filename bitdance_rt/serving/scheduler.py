@@ -1,7 +1,7 @@
 """``Scheduler``: continuous batching of image requests over one engine.
 
 - ``submit(request)`` checks the request, refuses one that can never run (more rows than ``max_batch``, or more
-  memory than ``memory_budget`` even alone) with the reason, and queues it in its group (``family_plan``: requests
+  memory than ``memory_budget`` even alone) with the reason, and queues it in its group (``families``: requests
   of one image size, P, step count and guidance mode share a batch). It returns a ``RequestHandle`` at once.
 - ``step()`` is one scheduler round: requests that were cancelled leave their batches; queued requests are admitted
   (FIFO within a group, groups visited round-robin from a rotating start, while slots and memory allow) and
@@ -37,14 +37,12 @@ import torch
 
 from ..errors import InvalidRequestError
 from ..outputs import GenerationOutput
-from .family_plan import plan_for
 from .group import Group
 from .handle import RequestHandle
 from .limits import DEFAULT_MAX_BATCH, check_max_batch, parse_memory_budget
 from .memory import ModelDims, batch_bytes, format_bytes, join_bytes
 from .preview import check_preview_type, tokens_so_far
-from .request import ImageRequest
-from .request_spec import RequestSpec, resolve_request
+from ..request import ImageRequest, RequestSpec, resolve_request
 from .stats import ServingStats
 from .ticket import Ticket
 from .worker import Worker
@@ -53,17 +51,15 @@ Decode = Callable[[torch.Tensor, RequestSpec, str], Any]
 
 
 class Scheduler:
-    def __init__(self, engine, model, decode: Decode, default_guidance: float, *, max_batch: int = DEFAULT_MAX_BATCH,
+    def __init__(self, engine, family, decode: Decode, *, max_batch: int = DEFAULT_MAX_BATCH,
                  memory_budget: int | str | None = None, batch_invariant: bool = True, name: str = "serve",
                  device_lock: threading.RLock | None = None, joint_joins: bool = False):
-        self.engine, self.model, self.name = engine, model, name
-        self.family = "t2i" if hasattr(model, "tokenizer") else "c2i"
-        self.plan = plan_for(engine)
+        self.engine, self.family, self.name = engine, family, name
         self.dims = ModelDims.of(engine)
         self.max_batch = check_max_batch(max_batch)
         self.memory_budget = parse_memory_budget(memory_budget)
         self.batch_invariant, self.joint_joins = bool(batch_invariant), bool(joint_joins)
-        self._decode, self._default_guidance = decode, default_guidance
+        self._decode = decode
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.device_lock = device_lock or threading.RLock()
@@ -79,9 +75,13 @@ class Scheduler:
     def slots_for(self, spec: RequestSpec) -> int:
         return max(1, self.max_batch // (2 if spec.guided else 1))
 
-    def submit(self, request: ImageRequest, image_seeds: list[int] | None = None) -> RequestHandle:
-        spec = resolve_request(request, self.family, self.model, self._default_guidance, image_seeds)
-        placement = self.plan.place(spec)
+    def submit(self, request: ImageRequest) -> RequestHandle:
+        """Check ``request`` (``request.resolve_request``) and queue it."""
+        return self.submit_spec(resolve_request(request, self.family))
+
+    def submit_spec(self, spec: RequestSpec) -> RequestHandle:
+        """Queue a resolved request; refused when it can never fit ``max_batch`` or ``memory_budget``."""
+        placement = self.family.placement(spec)
         if spec.rows > self.max_batch:
             raise InvalidRequestError(
                 f"{spec.num_images} image(s){' with guidance' if spec.guided else ''} need {spec.rows} batch rows; "
@@ -204,11 +204,14 @@ class Scheduler:
             if units and units[-1][0] is g:
                 last = units[-1][1][-1]
                 if last.first_slot + last.images == t.first_slot and \
-                        self.plan.leading_unguided_steps(last.spec) == self.plan.leading_unguided_steps(t.spec):
+                        self._leading(last.spec) == self._leading(t.spec):
                     units[-1][1].append(t)
                     continue
             units.append((g, [t]))
         return units
+
+    def _leading(self, spec: RequestSpec) -> int:
+        return self.family.leading_unguided_steps(spec.guidance, spec.num_ar)
 
     def _reap(self) -> None:
         """Requests cancelled while running leave their batches (device lock held)."""
@@ -240,7 +243,7 @@ class Scheduler:
         finishing: list[Ticket] = []
         for g, tickets in self._join_units(admitted):
             try:
-                done = g.join(self.engine, self.plan, tickets)
+                done = g.join(self.engine, self.family, tickets)
             except Exception as e:  # the joining request fails alone (with joint joins: those of its pass)
                 ended.extend((t, "failed", None, e) for t in tickets)
                 continue
@@ -253,7 +256,7 @@ class Scheduler:
             groups = [g for g in self._groups.values() if g.active]
         for g in groups:
             try:
-                advanced = g.step(self.engine, self.plan, self.batch_invariant)
+                advanced = g.step(self.engine, self.family, self.batch_invariant)
             except Exception as e:  # one pass for all: every request of this batch fails, other groups go on
                 ended.extend((t, "failed", None, e) for t in g.fail_all(self.engine))
                 g.reserved = False

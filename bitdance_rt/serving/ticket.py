@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine.request_noise import RequestNoise
-from .family_plan import Placement
+from ..families import Placement
 from .handle import RequestHandle
-from .request_spec import RequestSpec
+from ..request import RequestSpec
 
 
 @dataclass(eq=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bitdance_rt.pipelines.t2i_generate import RowGroup
+from bitdance_rt.families.t2i_reference_loop import RowGroup
 from bitdance_rt.prompt_tokenizer import chat_prompt
 from bitdance_rt.reference.c2i_backbone import NUM_CLASSES
 from bitdance_rt.reference.masks import C2I_CAUSAL_LEN, block_causal_mask

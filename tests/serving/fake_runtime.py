@@ -23,7 +23,10 @@ from PIL import Image
 
 from bitdance_rt.errors import BitDanceError, InvalidRequestError
 from bitdance_rt.outputs import GenerationOutput
-from bitdance_rt.requests import check_int
+from bitdance_rt.request import check_int
+from types import SimpleNamespace
+
+from bitdance_rt.families import ClassConditional, TextToImage
 from bitdance_rt.sizes import C2I_SIZE, check_t2i_size
 
 FAIL_MARKER = "[fail]"
@@ -130,13 +133,22 @@ class FakeHandle:
             self._finish({"type": "done"})
 
 
+def _fake_family(family: str, parallel: int, downsample: int):
+    """The runtime's family object over a stand-in model holding only the facts the families read."""
+    layout = SimpleNamespace(downsample=downsample)
+    if family == "t2i":
+        return TextToImage(SimpleNamespace(parallel=parallel, decoder_layout=layout))
+    config = SimpleNamespace(grid=C2I_SIZE[0] // downsample, num_classes=1000, dim=0, num_layers=0, parallel=parallel)
+    return ClassConditional(SimpleNamespace(parallel=parallel, decoder_layout=layout, config=config))
+
+
 class FakeRuntime:
     """See the module docstring. ``family``, ``parallel``, ``model.decoder_layout.downsample`` and ``describe()``
     match the attributes of ``Runtime`` that the server reads."""
 
     def __init__(self, family: str = "t2i", parallel: int = 64, downsample: int = 16, step_time: float = 0.005,
                  max_images: int = 8):
-        self.family = family
+        self.family = _fake_family(family, parallel, downsample)
         self.parallel = parallel
         self.downsample = downsample
         self.model = type("FakeModel", (), {"decoder_layout": type("Layout", (), {"downsample": downsample})()})()
@@ -154,7 +166,7 @@ class FakeRuntime:
         self._started = time.perf_counter()
 
     def describe(self) -> dict[str, Any]:
-        return {"family": self.family, "backend": "fake", "device": "cpu", "dtype": "float32",
+        return {"family": self.family.key, "backend": "fake", "device": "cpu", "dtype": "float32",
                 "tokens_per_step": self.parallel}
 
     def submit(self, request=None, **kwargs) -> FakeHandle:
@@ -168,7 +180,7 @@ class FakeRuntime:
         if params["num_images"] > self.max_images:
             raise InvalidRequestError(f"num_images={params['num_images']} can never fit the memory budget of this "
                                       f"server (at most {self.max_images} images per request).")
-        if self.family == "t2i":
+        if self.family.key == "t2i":
             if not isinstance(params.get("prompt"), str):
                 raise InvalidRequestError("this text-to-image model needs a prompt.")
             params.setdefault("height", 1024)

@@ -1,0 +1,127 @@
+"""The class-conditional family (the ImageNet models B/L/H, 1x/4x/16x: a class label per request): its size (the
+checkpoint's token grid times the decoder's downsampling), class ids (read from the checkpoint), the release's
+guidance schedule and unguided step 0, cache rows, the reference loop and its engine."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from ..errors import InvalidRequestError
+from ..reference.sampler import linear_guidance
+from .family import Family, Placement
+
+C2I_STEPS = 100
+# the release's sampling flags, by (width, layers, P); other shapes fall back to C2I_GUIDANCE_FALLBACK
+C2I_GUIDANCE = {(768, 24, 1): 3.2, (768, 24, 4): 3.9, (768, 24, 16): 6.1, (1024, 32, 1): 4.0, (1280, 40, 1): 4.55}
+C2I_GUIDANCE_FALLBACK = 4.0
+
+
+class ClassConditional(Family):
+    key = "c2i"
+    title = "class-conditional"
+    condition_field = "class_label"
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def num_classes(self) -> int:
+        """Real classes: ids ``0 .. num_classes − 1`` (id ``num_classes`` is the null class of guidance)."""
+        return self.config.num_classes
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        side = self.config.grid * self.downsample
+        return ((side, side),)
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        if (height, width) not in self.sizes:
+            h, w = self.sizes[0]
+            raise InvalidRequestError(f"this class-conditional model makes {h}x{w} images only, got "
+                                      f"{height}x{width}.", param="size")
+        return self.config.grid, self.config.grid
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        return self.sizes[0]
+
+    @property
+    def default_steps(self) -> int:
+        return C2I_STEPS
+
+    @property
+    def default_guidance(self) -> float:
+        c = self.config
+        return C2I_GUIDANCE.get((c.dim, c.num_layers, c.parallel), C2I_GUIDANCE_FALLBACK)
+
+    # ------------------------------------------------------------------ requests
+    def check_label(self, label, name: str = "class_label") -> int:
+        if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < self.num_classes:
+            raise InvalidRequestError(f"{name} = {label!r} is not a class of this model: it takes a class id in "
+                                      f"0..{self.num_classes - 1}.", param=name)
+        return int(label)
+
+    def check_condition(self, prompt, negative_prompt, class_label):
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if value is not None:
+                raise InvalidRequestError(f"this class-conditional model takes a class_label, not a {name}.",
+                                          param=name)
+        if class_label is None:
+            raise InvalidRequestError(f"this class-conditional model needs class_label, a class id in "
+                                      f"0..{self.num_classes - 1}.", param="class_label")
+        return None, None, self.check_label(class_label)
+
+    def guidance_at(self, guidance: float, ar_step: int, num_ar: int) -> float:
+        """The release's linear schedule ``1 + (g − 1)·k / S`` (1.0 when unguided)."""
+        return linear_guidance(guidance, ar_step, num_ar) if guidance > 1.0 else 1.0
+
+    def leading_unguided_steps(self, guidance: float, num_ar: int) -> int:
+        k = 0
+        while guidance > 1.0 and k < num_ar and self.guidance_at(guidance, k, num_ar) <= 1.0:
+            k += 1
+        return k
+
+    def cache_rows(self, spec) -> list[int]:
+        """Class ids of a request's cache rows, in slot order: per image its label, then (guided) the null class."""
+        null = self.config.null_class
+        return [row for _ in range(spec.num_images) for row in ((spec.class_label, null) if spec.guided
+                                                                 else (spec.class_label,))]
+
+    def placement(self, spec) -> Placement:
+        """Group key ``(grid, P, sampling steps, guided, cache length)``; the cache holds the prefix and every
+        image token."""
+        cfg = self.config
+        max_len = cfg.num_prefix + cfg.num_tokens
+        key = (self.key, spec.grid, spec.parallel, spec.num_steps, spec.guided, max_len)
+        return Placement(self.cache_rows(spec), cfg.num_prefix, key, max_len)
+
+    # ------------------------------------------------------------------ running
+    def reference_tokens(self, specs, generator, progress):
+        from ..reference.sampler import generator_noise
+        from .c2i_reference_loop import generate_c2i_tokens
+
+        s = specs[0]
+        noise = generator_noise(generator, self.model.backbone.norm.weight.device)
+        rows = [r.class_label for r in specs for _ in range(r.num_images)]
+        return generate_c2i_tokens(self.model, rows, s.num_steps, s.guidance, noise, progress)
+
+    @property
+    def token_embedder(self) -> torch.nn.Module:
+        return self.model.backbone.proj_in
+
+    def prefix_lengths(self, spec) -> list[int]:
+        return [self.config.num_prefix] * spec.rows
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        m = self.model
+        return {"backbone": m.backbone, "head": m.head, "decoder": m.decoder}
+
+    def describe(self):
+        info = super().describe()
+        c = self.config
+        info["backbone"] = {"hidden": c.dim, "layers": c.num_layers, "heads": c.num_heads}
+        info["classes"] = self.num_classes
+        return info

@@ -1,1 +1,0 @@
-"""Reference generation loops of the two families: token histories in, binary tokens out."""
