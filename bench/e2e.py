@@ -172,8 +172,8 @@ def engine_stages(engine, clock: StageClock):
     """Wrap the engine's ``prefill``, ``ar_step`` (its AR step) and, for class-conditional models, the eager step-0
     sampler as instance attributes, removed on exit. Graph replays run inside the wrapped calls."""
     originals = {name: getattr(engine, name) for name in ("prefill", "ar_step")}  # both engines have these
-    if hasattr(engine, "_unguided_all_rows"):
-        originals["_unguided_all_rows"] = engine._unguided_all_rows
+    if hasattr(engine, "unguided_rows"):
+        originals["unguided_rows"] = engine.unguided_rows
 
     def prefill(*args, **kwargs):
         clock.enter("prefill")
@@ -184,9 +184,9 @@ def engine_stages(engine, clock: StageClock):
 
     def unguided(*args, **kwargs):
         clock.enter("head")
-        return originals["_unguided_all_rows"](*args, **kwargs)
+        return originals["unguided_rows"](*args, **kwargs)
 
-    wrappers = {"prefill": prefill, "ar_step": step, "_unguided_all_rows": unguided}
+    wrappers = {"prefill": prefill, "ar_step": step, "unguided_rows": unguided}
     for name in originals:
         setattr(engine, name, wrappers[name])
     try:

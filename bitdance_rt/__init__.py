@@ -8,7 +8,8 @@ requests with continuous batching. See README.md.
 from .errors import BitDanceError, CheckpointError, InvalidRequestError, UnsupportedDeviceError
 from .outputs import GenerationOutput
 from .runtime import Runtime
-from .serving import ImageRequest, RequestCancelled, RequestFailed, RequestHandle
+from .batching import RequestCancelled, RequestFailed, RequestHandle
+from .request import ImageRequest
 
 __all__ = ["Runtime", "GenerationOutput", "ImageRequest", "RequestHandle", "RequestCancelled", "RequestFailed",
            "BitDanceError", "CheckpointError", "InvalidRequestError", "UnsupportedDeviceError"]

@@ -1,14 +1,14 @@
-"""``Runtime``: load a released BitDance checkpoint and generate images from it.
+"""``Runtime``: a loaded model (its family object), its backend, and the step-level API over it.
 
-The family is told from the files: a directory holding ``config.json`` is a text-to-image model; a file is a
-class-conditional ``torch.save`` checkpoint. Generation validates every argument before it starts and keeps all
-per-call state (caches, generator) local, so a failed call leaves the runtime as it was.
-
-Serving (``bitdance_rt/serving``): ``submit`` queues one request and returns a handle, ``step`` advances every
-active request by one AR step (continuous batching), ``start_worker`` runs the steps in a background thread,
-``stats`` reports the queue and rates. These run on the engine's structures: the runtime's engine on the
-``"triton"`` and ``"cuda"`` backends; on ``"reference"`` an engine built over the same weights with the PyTorch
-operations (``ops_chain="torch"``: any device, no Triton, no CUDA graphs), made on first use.
+``Runtime = family + runner + scheduler``. ``from_pretrained`` checks every argument (``platform``), tells the
+family from the files and loads the model (``families``); requests are checked by the one validator
+(``request.py``). ``generate`` runs the release's loop on the reference backend (the oracle); on the engine backends
+it is ``submit`` ×N plus a step loop on a scheduler of its own, the tokens staying on the device until the end.
+``submit`` queues one request and returns a handle, ``step`` advances every active request by one AR step
+(continuous batching, ``batching/``), ``start_worker`` runs the steps in a background thread, ``stats`` reports the
+queue and rates. The device work goes through the model runner (``engine/runner.py``): the runtime's engine on the
+``"triton"`` and ``"cuda"`` backends; on ``"reference"`` an engine with the PyTorch operations (any device, no
+Triton, no CUDA graphs), made on first use. A failed call leaves the runtime as it was.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from .errors import InvalidRequestError
 from .families import Family, family_of, load_family
 from .outputs import GenerationOutput, format_images
 from .platform import engine_chain, resolve_backend, resolve_device, resolve_dtype
-from .reference.patch_order import from_patch_raster
 from .request import GenerateCall, ImageRequest, RequestSpec, check_int, image_seeds, resolve_generate
-from .serving.handle import RequestHandle
-from .serving.limits import DEFAULT_MAX_BATCH, check_max_batch, parse_memory_budget
-from .serving.scheduler import Scheduler
+from .batching.handle import RequestHandle
+from .batching.limits import DEFAULT_MAX_BATCH, check_max_batch, parse_memory_budget
+from .batching.scheduler import Scheduler
+from .engine.runner import ModelRunner
 from .sizes import token_grid
 
 __all__ = ["Runtime"]
@@ -50,9 +50,9 @@ class Runtime:
                         "batch_invariant": bool(batch_invariant)}
         self._op_providers = dict(op_providers or {})
         self.engine = self._build_engine() if backend in ("triton", "cuda") else None
-        self._serving_engine = self.engine
+        self._runner: ModelRunner | None = None
         self._device_lock = threading.RLock()  # every device pass of the schedulers and previews
-        self._serving_setup = threading.Lock()
+        self._serving_setup = threading.RLock()
         self._generate_lock = threading.Lock()
         self._scheduler: Scheduler | None = None
         self._generate_scheduler: Scheduler | None = None
@@ -147,7 +147,7 @@ class Runtime:
             if first.output_type != "tokens":
                 t1 = time.perf_counter()
                 with self._device_lock:
-                    images = format_images(self._decode(tokens, first.grid, call.generator), first.output_type)
+                    images = format_images(self.family.decode(tokens, first.grid, call.generator), first.output_type)
                 timings["decode_s"] = time.perf_counter() - t1
         return GenerationOutput(images=images, tokens=tokens.to("cpu", torch.int8), height=first.height,
                                 width=first.width, seed=call.seed, timings=timings)
@@ -174,15 +174,18 @@ class Runtime:
             return torch.cat([h.result().tokens for h in handles])
 
     # ------------------------------------------------------------------ serving: the step-level API
-    def _engine_for_serving(self):
-        """The runtime's engine, or on ``backend="reference"`` one with the PyTorch operations (made once)."""
-        if self._serving_engine is None:
-            self._serving_engine = self._build_engine("torch")
-        return self._serving_engine
+    @property
+    def runner(self) -> ModelRunner:
+        """The model runner behind ``submit``/``step`` (and ``generate`` on the engine backends): the runtime's
+        engine, or on ``backend="reference"`` one with the PyTorch operations (made on first use)."""
+        with self._serving_setup:
+            if self._runner is None:
+                engine = self.engine if self.engine is not None else self._build_engine("torch")
+                self._runner = ModelRunner(self.family, engine)
+            return self._runner
 
     def _new_scheduler(self, name: str, **limits) -> Scheduler:
-        return Scheduler(self._engine_for_serving(), self.family, self._decode_request, name=name,
-                         device_lock=self._device_lock, **limits)
+        return Scheduler(self.runner, name=name, device_lock=self._device_lock, **limits)
 
     def _private_scheduler(self, rows: int) -> Scheduler:
         """``generate``'s own scheduler (no memory budget), its batch sized to the call's rows; the call's requests
@@ -228,10 +231,6 @@ class Runtime:
         round latency, memory reserved and the limits (see ``serving/stats.py``)."""
         return self.scheduler.stats()
 
-    def _decode_request(self, tokens: torch.Tensor, spec: RequestSpec, output_type: str):
-        generator = None if spec.seed is None else torch.Generator(device=self.device).manual_seed(spec.seed)
-        return format_images(self._decode(tokens, spec.grid, generator), output_type)
-
     def decode_tokens(self, tokens: torch.Tensor, height: int, width: int, *, seed: int | None = None,
                       generator: torch.Generator | None = None, output_type: str = "pil"):
         """Decode binary tokens ``[N, h·w, C]`` in generation order to images of ``height × width``.
@@ -250,12 +249,7 @@ class Runtime:
         if generator is None and seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         with torch.no_grad(), self._device_lock:
-            return format_images(self._decode(tokens, grid, generator), output_type)
-
-    def _decode(self, tokens: torch.Tensor, grid: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
-        side = int(round(self.parallel ** 0.5))
-        z = from_patch_raster(tokens.to(self.device, self.dtype), grid[0], grid[1], side)
-        return self.model.decoder(z, generator)
+            return format_images(self.family.decode(tokens, grid, generator), output_type)
 
 
 def _tokens_only(spec: RequestSpec, seeds: list[int]) -> RequestSpec:

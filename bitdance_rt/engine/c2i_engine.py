@@ -6,7 +6,7 @@ Rows: each image slot of a ``SlotBatch`` owns its label's row and (guided) a nul
 (2-D RoPE in generation order, K/V into the cache) -> ``block_attention_prefill`` (the 64 class tokens and P−1
 queries: causal over 63, then one block) or ``block_attention_decode`` -> ``wo`` -> ``rmsnorm_residual`` -> ``w1``
 -> ``swiglu`` -> ``w2``. The guidance schedule (one scale per slot, from its AR step) and the release's step-0
-behaviour (an unguided sample over all 2B rows, each row keeping its own first patch: ``_unguided_all_rows``, run
+behaviour (an unguided sample over all 2B rows, each row keeping its own first patch: ``unguided_rows``, run
 on a joining request's rows before it steps with the batch) are kept.
 """
 
@@ -22,7 +22,7 @@ from ..reference.c2i_backbone import NORM_EPS
 from .engine_base import EngineBase
 from .head_loop import FusedHead
 from .slot_batch import SlotBatch
-from .static_cache import CachePool, StaticKVCache
+from .static_cache import StaticKVCache
 
 
 class C2IEngine(EngineBase):
@@ -35,7 +35,6 @@ class C2IEngine(EngineBase):
         cos, sin = bb.rope_tables()
         self.cos, self.sin = cos.contiguous(), sin.contiguous()
         self.head = FusedHead(model.head, ops)
-        self.pool = CachePool(cfg.num_layers, cfg.num_heads, cfg.head_dim, bb.norm.weight.device, bb.norm.weight.dtype)
         self.head_dim, self.token_channels = cfg.head_dim, cfg.token_channels
         self.width, self.patch = cfg.dim, cfg.parallel
         self.cache_shape = (cfg.num_layers, cfg.num_heads, cfg.head_dim)
@@ -98,7 +97,7 @@ class C2IEngine(EngineBase):
         batch.hidden[span] = self.prefill(labels, batch.cache.rows(span.start, span.stop))[:, -self.cfg.parallel:]
         batch.live[span] = 1
 
-    def _unguided_all_rows(self, batch: SlotBatch, first_slot: int, count: int, block_pos: torch.Tensor,
+    def unguided_rows(self, batch: SlotBatch, first_slot: int, count: int, block_pos: torch.Tensor,
                            noise: torch.Tensor) -> torch.Tensor:
         """The release's guided step 0 for ``count`` slots (one or more joining requests), eager: each of their
         ``2·count`` rows (conditional and null-class) sampled unguided on its own, with ``noise [N + 1, 2·count, P,

@@ -39,7 +39,6 @@ class EngineBase:
         self.ops = ops
         # graphs need every operation of a step capturable (not so the PyTorch attention: it reads lengths on the host)
         self.use_cuda_graphs = ops.capturable(STEP_OPS)
-        self._batches: dict[tuple, SlotBatch] = {}
 
     def _layers(self, x: torch.Tensor, cache: StaticKVCache,
                 attend: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -74,22 +73,14 @@ class EngineBase:
         return hidden
 
     # ------------------------------------------------------------------ continuous batches
-    def slot_batch(self, key: tuple, slots: int, max_len: int, num_steps: int, guided: bool) -> SlotBatch:
-        """The batch of ``slots`` image slots for ``key`` (one per key and size, allocated on first use and kept:
-        its CUDA graphs stay valid for later requests until ``release_batch``)."""
-        full_key = (key, slots)
-        if full_key not in self._batches:
-            layers, kv_heads, head_dim = self.cache_shape
-            rows = slots * (2 if guided else 1)
-            cache = StaticKVCache(layers, rows, kv_heads, max_len, head_dim, self.device, self.hidden_dtype)
-            self._batches[full_key] = SlotBatch.allocate(cache, slots, guided, self.patch, self.width,
-                                                         self.token_channels, num_steps, self.hidden_dtype,
-                                                         self.token_dtype)
-        return self._batches[full_key]
-
-    def release_batch(self, key: tuple, slots: int) -> None:
-        """Drop a batch (its cache, buffers and graphs); the memory returns to the allocator."""
-        self._batches.pop((key, slots), None)
+    def allocate_batch(self, slots: int, max_len: int, num_steps: int, guided: bool) -> SlotBatch:
+        """A new batch of ``slots`` image slots with a cache of ``max_len`` positions per row (the runner keeps it;
+        its CUDA graphs, built by ``ar_step``, stay valid for later requests while it is kept)."""
+        layers, kv_heads, head_dim = self.cache_shape
+        rows = slots * (2 if guided else 1)
+        cache = StaticKVCache(layers, rows, kv_heads, max_len, head_dim, self.device, self.hidden_dtype)
+        return SlotBatch.allocate(cache, slots, guided, self.patch, self.width, self.token_channels, num_steps,
+                                  self.hidden_dtype, self.token_dtype)
 
     def ar_step(self, batch: SlotBatch, slots: int) -> AutoregressiveStep:
         """The AR step over the first ``slots`` slots of ``batch``: built once per prefix size and kept by the

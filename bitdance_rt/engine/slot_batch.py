@@ -96,7 +96,16 @@ class SlotBatch:
         self.live[rows] = 0
         self.cache.lengths[rows] = 0
 
+    @staticmethod
+    def buffer_bytes(slots: int, mult: int, patch: int, width: int, channels: int, hidden_bytes: int,
+                     token_bytes: int) -> int:
+        """Bytes of the static buffers ``allocate`` makes (everything but the cache)."""
+        rows = slots * mult
+        return (rows * patch * width * (hidden_bytes + 4)      # hidden, pos (float32)
+                + rows * patch * channels * token_bytes         # feedback
+                + slots * (4 + 8 + 4 + 4) + rows * 4)          # cfg, seeds, ar_steps, rows_in_request; live
+
     def nbytes(self) -> int:
-        tensors = (self.hidden, self.pos, self.cfg, self.feedback, self.live, self.seeds, self.ar_steps,
-                   self.rows_in_request)
-        return self.cache.nbytes() + sum(t.numel() * t.element_size() for t in tensors)
+        return self.cache.nbytes() + self.buffer_bytes(self.slots, self.mult, self.patch, self.hidden.shape[-1],
+                                                       self.feedback.shape[-1], self.hidden.element_size(),
+                                                       self.feedback.element_size())

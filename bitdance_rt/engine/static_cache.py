@@ -1,4 +1,4 @@
-"""A static KV cache: allocated once per (batch, max length) bucket and reused across requests.
+"""A static KV cache: allocated once per continuous batch (``SlotBatch``) and reused by the requests that join it.
 
 Per layer, keys and values ``[B, Hkv, Lmax, D]``; ``lengths`` is a device int32 ``[B]`` holding how many positions
 each row has cached, so rows of different prompt lengths share a batch and one CUDA graph serves every AR step
@@ -34,19 +34,3 @@ class StaticKVCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
-
-class CachePool:
-    """Caches by ``(batch, max_len)`` bucket, created on first use and handed out again for later requests."""
-
-    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype):
-        self._shape = (num_layers, kv_heads, head_dim)
-        self._device, self._dtype = device, dtype
-        self._caches: dict[tuple[int, int], StaticKVCache] = {}
-
-    def get(self, batch: int, max_len: int) -> StaticKVCache:
-        key = (batch, max_len)
-        if key not in self._caches:
-            layers, kv_heads, head_dim = self._shape
-            self._caches[key] = StaticKVCache(layers, batch, kv_heads, max_len, head_dim, self._device, self._dtype)
-        return self._caches[key]

@@ -24,7 +24,7 @@ from .engine_base import EngineBase
 from .fused_weights import fuse_linears
 from .head_loop import FusedHead
 from .slot_batch import SlotBatch
-from .static_cache import CachePool, StaticKVCache
+from .static_cache import StaticKVCache
 
 
 class T2IEngine(EngineBase):
@@ -42,8 +42,6 @@ class T2IEngine(EngineBase):
         self.cos, self.sin = cos.contiguous(), sin.contiguous()
         self.max_positions = max_positions
         self.head = FusedHead(model.head, ops)
-        self.pool = CachePool(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, device,
-                              bb.embed_tokens.weight.dtype)
         self.head_dim, self.token_channels = cfg.head_dim, model.token_channels
         self.width, self.patch = cfg.hidden_size, model.parallel
         self.cache_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)

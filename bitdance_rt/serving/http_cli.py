@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import InvalidRequestError
 from .http_schema import parse_size
 from .http_server import ImageServer, ServerConfig
-from .limits import DEFAULT_MAX_BATCH, check_max_batch, parse_memory_budget
+from ..batching.limits import DEFAULT_MAX_BATCH, check_max_batch, parse_memory_budget
 
 TINY_MAX_BATCH = 4  # two guided images at once
 

@@ -42,7 +42,7 @@ def test_cancel_queued_and_running(rt, reference_tokens):
     assert running.progress[0] == progress_at_cancel
     assert events_running.types() == ["progress"] * progress_at_cancel + ["cancelled"]
     group = next(iter(rt.scheduler._groups.values()))
-    assert [t.handle for t in group.active] == [keep] and group.batch.live.tolist() == [1, 1, 0, 0]
+    assert [t.handle for t in group.active] == [keep] and rt.runner.slot_batch(group.key).live.tolist() == [1, 1, 0, 0]
     for h in (running, queued):
         with pytest.raises(RequestCancelled, match=f"request {h.id} was cancelled"):
             h.result(timeout=0)
@@ -62,7 +62,7 @@ def test_result_timeout(rt):
 
 
 def test_a_failing_prefill_fails_alone(rt, reference_tokens, monkeypatch):
-    engine = rt._engine_for_serving()
+    engine = rt.runner.engine
     join = engine.join
 
     def faulty_join(batch, first_slot, rows):
@@ -92,7 +92,7 @@ def test_a_failing_batch_step_fails_its_group_only(rt, monkeypatch):
     other = rt.submit(class_label=8, guidance_scale=1.0, seed=8, **C2I)  # unguided: a group of its own
     doomed = rt.submit(class_label=9, guidance_scale=3.0, seed=9, **C2I)
     steps(rt, 2)
-    engine = rt._engine_for_serving()
+    engine = rt.runner.engine
     ar_step = engine.ar_step
 
     def faulty(batch, slots):

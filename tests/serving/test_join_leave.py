@@ -14,6 +14,11 @@ def rt(c2i16_files, single_thread):
     return c2i_runtime(c2i16_files, max_batch=4)  # 2 guided slots
 
 
+def _batch(rt, group):
+    """The group's device state, held by the runner."""
+    return rt.runner.slot_batch(group.key)
+
+
 def _group(rt):
     (group,) = [g for g in rt.scheduler._groups.values()]
     return group
@@ -29,20 +34,20 @@ def test_leaving_frees_slots_for_the_next_request(rt):
     group = _group(rt)
     assert (a.status, b.status, c.status, d.status) == ("running", "running", "queued", "queued")
     assert [t.handle for t in group.queue] == [c, d]  # FIFO
-    lengths = group.batch.cache.lengths
-    assert (lengths > 0).all() and group.batch.live.tolist() == [1, 1, 1, 1]
+    lengths = _batch(rt, group).cache.lengths
+    assert (lengths > 0).all() and _batch(rt, group).live.tolist() == [1, 1, 1, 1]
     while not a.done:
         rt.step()
     assert a.status == "done" and a.progress == (16, 16)
     # a left after its last step, freeing slot 0 (lengths 0, not live); c is admitted at the next round's start
     assert c.status == "queued" and group.table.find(1) == 0
-    assert lengths[:2].tolist() == [0, 0] and group.batch.live[:2].tolist() == [0, 0]
+    assert lengths[:2].tolist() == [0, 0] and _batch(rt, group).live[:2].tolist() == [0, 0]
     rt.step()
     assert c.status == "running" and group.queue[0].handle is d
     assert rt.scheduler._live[c.id][0].first_slot == 0  # the freed slot is reused
     run_until_done(rt, b, c, d)
     assert all(h.status == "done" for h in (a, b, c, d))
-    assert not group.active and (group.batch.cache.lengths == 0).all() and (group.batch.live == 0).all()
+    assert not group.active and (_batch(rt, group).cache.lengths == 0).all() and (_batch(rt, group).live == 0).all()
 
 
 def test_a_request_of_two_images_needs_two_neighbouring_slots(rt):

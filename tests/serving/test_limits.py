@@ -9,8 +9,8 @@ import re
 import pytest
 
 from bitdance_rt import InvalidRequestError
-from bitdance_rt.serving.limits import parse_memory_budget
-from bitdance_rt.serving.memory import ModelDims, batch_bytes, join_bytes
+from bitdance_rt.batching.limits import parse_memory_budget
+from bitdance_rt.engine.memory import ModelDims, batch_bytes, join_bytes
 
 from serving_helpers import C2I, c2i_runtime, run_until_done, steps
 
@@ -19,8 +19,8 @@ GUIDED_ONE_STEP = dict(guidance_scale=3.0, **C2I)
 
 def _needs(rt, slots: int, num_steps: int) -> tuple[int, int]:
     """(bytes of a guided batch of ``slots`` slots, bytes of joining one image to it)."""
-    engine = rt._engine_for_serving()
-    cfg, dims = engine.cfg, ModelDims.of(engine)
+    runner = rt.runner
+    cfg, dims = rt.family.config, ModelDims.of(runner.engine, rt.family)
     return (batch_bytes(dims, slots, 2, cfg.num_prefix + cfg.num_tokens, num_steps),
             join_bytes(dims, 2, cfg.num_prefix, 1, 256, 256, decodes=False))
 

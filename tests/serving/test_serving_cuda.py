@@ -41,7 +41,7 @@ def test_t2i_crowd_equals_alone_with_graphs(t2i64_dir):
               dict(prompt="a lighthouse", guidance_scale=8.0, seed=2, negative_prompt="blurry", **T2I)]
     alone, crowd, rt = _alone_and_crowd(make, target, others)
     assert torch.equal(alone, crowd) and (crowd != 0).float().mean() > 0.99
-    batches = list(rt.engine._batches.values())
+    batches = [b.slot_batch for b in rt.runner._batches.values()]
     assert len(batches) == 1 and set(batches[0].steps) == {3}  # one batch, its whole-batch step captured once
     assert rt.engine.use_cuda_graphs and isinstance(batches[0].steps[3]._run_head.__self__, CapturedStep)
 

@@ -94,7 +94,7 @@ def test_generate_on_the_engine_is_a_loop_over_submit_and_step(c2i16_files, sing
     one) gives the tokens that submit/step give for the same requests in a batch of the same size (generate
     prefills its requests in one pass, serving each on its own rows; on this CPU both give the same bits)."""
     engine_rt = c2i_runtime(c2i16_files)
-    engine_rt.engine = engine_rt._serving_engine = engine_rt._build_engine("torch")
+    engine_rt.engine = engine_rt.runner.engine  # the engine with the PyTorch operations, as generate's engine
     calls = []
     out = engine_rt.generate(class_labels=[3, 7], num_sampling_steps=1, guidance_scale=3.0, seed=5,
                              output_type="tokens", callback=lambda k, n: calls.append((k, n)))

@@ -4,7 +4,7 @@ dominate (the KV cache, the batch's static buffers, the activations of the large
 rounding and small temporaries.
 
 - ``batch_bytes``: the KV cache (rows × positions × layers × 2 × KV heads × head dim × element size), the static
-  buffers of ``SlotBatch`` and the activations of one AR step over all rows (backbone: q/k/v, attention output,
+  buffers of ``SlotBatch`` (``SlotBatch.buffer_bytes``, the same count its ``nbytes`` reports) and the activations of one AR step over all rows (backbone: q/k/v, attention output,
   gate/up, a few hidden-sized tensors per token; head: about a dozen float32 head-width tensors per token; with the
   PyTorch attention provider, the dense float32 score matrices).
 - ``join_bytes``: the joining request's prefill activations (its rows × prompt length, dense scores with the
@@ -14,6 +14,8 @@ rounding and small temporaries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .slot_batch import SlotBatch
 
 FLOAT32 = 4
 HEAD_TENSORS_PER_TOKEN = 12   # float32 head-width tensors alive in one head evaluation (x, h, adaLN chunks, ...)
@@ -35,12 +37,15 @@ class ModelDims:
     decoder_width: int
     dense_attention: bool
 
+    token_bytes: int
+
     @classmethod
-    def of(cls, engine) -> "ModelDims":
+    def of(cls, engine, family) -> "ModelDims":
         layers, kv_heads, head_dim = engine.cache_shape
-        decoder = engine.model.decoder_layout
+        decoder = family.model.decoder_layout
         return cls(layers=layers, kv_heads=kv_heads, heads=engine.num_heads, head_dim=head_dim, width=engine.width,
                    ffn_width=engine.ffn_width, element_bytes=engine.hidden_dtype.itemsize,
+                   token_bytes=engine.token_dtype.itemsize,
                    head_width=engine.head.cfg.width, channels=engine.token_channels, patch=engine.patch,
                    decoder_width=decoder.level_channels[0],
                    dense_attention=engine.ops.chosen.get("block_attention_decode") == "torch")
@@ -58,8 +63,7 @@ class ModelDims:
 def batch_bytes(d: ModelDims, slots: int, mult: int, max_len: int, num_steps: int) -> int:
     rows = slots * mult
     cache = rows * max_len * d.kv_bytes_per_position()
-    buffers = (rows * d.patch * d.width * (d.element_bytes + FLOAT32) + (num_steps + 1) * slots * d.patch
-               * d.channels * FLOAT32 + rows * d.patch * d.channels * d.element_bytes)
+    buffers = SlotBatch.buffer_bytes(slots, mult, d.patch, d.width, d.channels, d.element_bytes, d.token_bytes)
     tokens = rows * d.patch
     step = max(d.backbone_activations(tokens, max_len), tokens * HEAD_TENSORS_PER_TOKEN * d.head_width * FLOAT32)
     return cache + buffers + step
@@ -70,10 +74,3 @@ def join_bytes(d: ModelDims, rows: int, prompt_len: int, images: int, height: in
     prefill = d.backbone_activations(rows * prompt_len, prompt_len)
     decode = images * height * width * d.decoder_width * FLOAT32 * DECODER_LIVE_MAPS if decodes else 0
     return max(prefill, decode)
-
-
-def format_bytes(n: int) -> str:
-    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if n >= size:
-            return f"{n / size:.{2 if unit == 'GiB' else 1}f} {unit}"
-    return f"{n} bytes"

@@ -1,4 +1,5 @@
-"""``Scheduler``: continuous batching of image requests over one engine.
+"""``Scheduler``: continuous batching of image requests over one model runner (``engine/runner.py``). It never
+touches a tensor: it decides which requests run, where (slots) and when, and asks the runner to do the work.
 
 - ``submit(request)`` checks the request, refuses one that can never run (more rows than ``max_batch``, or more
   memory than ``memory_budget`` even alone) with the reason, and queues it in its group (``families``: requests
@@ -31,7 +32,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -39,27 +40,21 @@ from ..errors import InvalidRequestError
 from ..outputs import GenerationOutput
 from .group import Group
 from .handle import RequestHandle
-from .limits import DEFAULT_MAX_BATCH, check_max_batch, parse_memory_budget
-from .memory import ModelDims, batch_bytes, format_bytes, join_bytes
-from .preview import check_preview_type, tokens_so_far
 from ..request import ImageRequest, RequestSpec, resolve_request
+from .limits import DEFAULT_MAX_BATCH, check_max_batch, format_bytes, parse_memory_budget
+from .preview import check_preview_type
 from .stats import ServingStats
 from .ticket import Ticket
 from .worker import Worker
 
-Decode = Callable[[torch.Tensor, RequestSpec, str], Any]
-
-
 class Scheduler:
-    def __init__(self, engine, family, decode: Decode, *, max_batch: int = DEFAULT_MAX_BATCH,
+    def __init__(self, runner, *, max_batch: int = DEFAULT_MAX_BATCH,
                  memory_budget: int | str | None = None, batch_invariant: bool = True, name: str = "serve",
                  device_lock: threading.RLock | None = None, joint_joins: bool = False):
-        self.engine, self.family, self.name = engine, family, name
-        self.dims = ModelDims.of(engine)
+        self.runner, self.name = runner, name
         self.max_batch = check_max_batch(max_batch)
         self.memory_budget = parse_memory_budget(memory_budget)
         self.batch_invariant, self.joint_joins = bool(batch_invariant), bool(joint_joins)
-        self._decode = decode
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.device_lock = device_lock or threading.RLock()
@@ -77,20 +72,19 @@ class Scheduler:
 
     def submit(self, request: ImageRequest) -> RequestHandle:
         """Check ``request`` (``request.resolve_request``) and queue it."""
-        return self.submit_spec(resolve_request(request, self.family))
+        return self.submit_spec(resolve_request(request, self.runner.family))
 
     def submit_spec(self, spec: RequestSpec) -> RequestHandle:
         """Queue a resolved request; refused when it can never fit ``max_batch`` or ``memory_budget``."""
-        placement = self.family.placement(spec)
+        placement = self.runner.placement(spec)
         if spec.rows > self.max_batch:
             raise InvalidRequestError(
                 f"{spec.num_images} image(s){' with guidance' if spec.guided else ''} need {spec.rows} batch rows; "
                 f"this runtime's max_batch is {self.max_batch} rows. Ask for fewer images per request, or raise "
                 "max_batch.")
         slots = self.slots_for(spec)
-        reserve = batch_bytes(self.dims, slots, 2 if spec.guided else 1, placement.max_len, spec.num_steps)
-        transient = join_bytes(self.dims, spec.rows, placement.prompt_len, spec.num_images, spec.height, spec.width,
-                               spec.output_type != "tokens")
+        reserve = self.runner.batch_bytes(spec, slots, placement.max_len)
+        transient = self.runner.join_bytes(spec, placement.prompt_len)
         if self.memory_budget is not None and reserve + transient > self.memory_budget:
             raise InvalidRequestError(
                 f"this request can never fit the memory budget: its batch of {slots} slots "
@@ -131,10 +125,15 @@ class Scheduler:
 
     def preview(self, handle: RequestHandle, output_type: str = "pil") -> Any:
         check_preview_type(output_type)
-        with self.device_lock:  # not while a step writes the tokens
-            tokens = tokens_so_far(handle.tokens, handle.spec, self.engine.token_channels, self.engine.device)
-            with torch.no_grad():
-                return self._decode(tokens, handle.spec, output_type)
+        with self.device_lock, torch.no_grad():  # not while a step writes the tokens
+            final = handle.final_tokens()
+            if final is not None:
+                return self.runner.decode(final, handle.spec, output_type)
+            return self.runner.preview(handle.id, handle.spec, output_type)
+
+    def tokens_of(self, handle: RequestHandle):
+        """The request's tokens so far (the runner's buffer, on the device), or None before it joins."""
+        return self.runner.tokens(handle.id)
 
     # ---------------------------------------------------------------- state (lock held)
     def has_work(self) -> bool:
@@ -155,7 +154,7 @@ class Scheduler:
             return True
         for other in self._groups.values():  # drop idle groups' batches until it fits
             if other is not group and other.reserved and other.idle:
-                other.release_batch(self.engine)
+                other.release_batch(self.runner)
                 other.reserved = False
                 if self._reserved_bytes() + need <= self.memory_budget:
                     return True
@@ -211,13 +210,14 @@ class Scheduler:
         return units
 
     def _leading(self, spec: RequestSpec) -> int:
-        return self.family.leading_unguided_steps(spec.guidance, spec.num_ar)
+        return self.runner.leading_unguided_steps(spec)
 
     def _reap(self) -> None:
         """Requests cancelled while running leave their batches (device lock held)."""
         for g in self._groups.values():
             for t in [t for t in g.active if t.handle.done]:
-                g.leave(t)
+                g.leave(self.runner, t)
+                self.runner.forget(t.handle.id)
 
     # ---------------------------------------------------------------- stepping
     def step(self) -> bool:
@@ -243,22 +243,21 @@ class Scheduler:
         finishing: list[Ticket] = []
         for g, tickets in self._join_units(admitted):
             try:
-                done = g.join(self.engine, self.family, tickets)
+                done = g.join(self.runner, tickets)
             except Exception as e:  # the joining request fails alone (with joint joins: those of its pass)
                 ended.extend((t, "failed", None, e) for t in tickets)
                 continue
             for t in tickets:
-                t.handle.tokens = t.tokens
-                progress.setdefault(t, []).extend(done[t])
+                progress.setdefault(t, []).extend(done)
                 if t.finished_sampling:
                     finishing.append(t)
         with self.lock:
             groups = [g for g in self._groups.values() if g.active]
         for g in groups:
             try:
-                advanced = g.step(self.engine, self.family, self.batch_invariant)
+                advanced = g.step(self.runner, self.batch_invariant)
             except Exception as e:  # one pass for all: every request of this batch fails, other groups go on
-                ended.extend((t, "failed", None, e) for t in g.fail_all(self.engine))
+                ended.extend((t, "failed", None, e) for t in g.fail_all(self.runner))
                 g.reserved = False
                 continue
             for t in advanced:
@@ -277,12 +276,11 @@ class Scheduler:
     def _output(self, t: Ticket) -> GenerationOutput:
         spec = t.spec
         timings = {"queued_s": t.started - t.submitted, "tokens_s": t.sampled - t.started}
-        images = None
+        t1 = time.perf_counter()
+        images, tokens = self.runner.output(t.handle.id, spec)
         if spec.output_type != "tokens":
-            t1 = time.perf_counter()
-            images = self._decode(t.tokens, spec, spec.output_type)
             timings["decode_s"] = time.perf_counter() - t1
-        return GenerationOutput(images=images, tokens=t.tokens.to("cpu"), height=spec.height, width=spec.width,
+        return GenerationOutput(images=images, tokens=tokens, height=spec.height, width=spec.width,
                                 seed=spec.seed, timings=timings)
 
     def _settle(self, progress: dict[Ticket, list[int]],
@@ -295,8 +293,8 @@ class Scheduler:
                 if not t.handle.done:
                     events.setdefault(t.handle, []).extend(t.handle._advance(k) for k in steps)
             for t, status, output, error in ended:
-                if output is not None:
-                    t.handle.tokens = output.tokens
+                if output is None:
+                    self.runner.forget(t.handle.id)
                 event = t.handle._end(status, output, error)
                 if event is None:  # cancelled meanwhile
                     continue
@@ -317,7 +315,7 @@ class Scheduler:
         with self.device_lock, self.lock:
             for g in self._groups.values():
                 if g.active:
-                    g.fail_all(self.engine)
+                    g.fail_all(self.runner)
                     g.reserved = False
         for t, _ in entries:
             with self.lock:

@@ -40,3 +40,10 @@ def parse_memory_budget(budget) -> int | None:
         raise InvalidRequestError(f"memory_budget must be a positive number of bytes, a size such as '20GiB' or "
                                   f"'512MB', or None for no limit; got {budget!r}.")
     return int(value)
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{n} bytes"

@@ -4,27 +4,18 @@ Tokens not generated yet are 0: the midpoint of the two binary values -1 and +1,
 carries no sign for any channel). The request's token buffer starts as zeros and each AR step writes its P tokens,
 so a preview is the same decode as the final image with the missing patches at 0; those regions come out as the
 decoder's response to a zero latent (a flat, roughly mid-grey area for a trained decoder) and the finished patches
-show their content. Decoded with the request's seed (for GAN decoders' noise), like the final image.
+show their content. Decoded with the request's seed (for GAN decoders' noise), like the final image
+(``ModelRunner.preview``).
 """
 
 from __future__ import annotations
 
-import torch
-
 from ..errors import InvalidRequestError
-from ..request import RequestSpec
 
 PREVIEW_TYPES = ("pil", "np", "pt")
 
 
 def check_preview_type(output_type: str) -> None:
     if output_type not in PREVIEW_TYPES:
-        raise InvalidRequestError(f"preview(output_type={output_type!r}); a preview is 'pil', 'np' or 'pt'.")
-
-
-def tokens_so_far(tokens: torch.Tensor | None, spec: RequestSpec, channels: int,
-                  device: torch.device) -> torch.Tensor:
-    """A copy of the request's tokens ``[images, h·w, C]``, or all zeros before its first AR step."""
-    if tokens is None:
-        return torch.zeros(spec.num_images, spec.grid[0] * spec.grid[1], channels, dtype=torch.int8, device=device)
-    return tokens.clone()
+        raise InvalidRequestError(f"preview(output_type={output_type!r}); a preview is 'pil', 'np' or 'pt'.",
+                                  param="output_type")

@@ -52,8 +52,6 @@ class RequestHandle:
         self._delivery = threading.RLock()  # events reach listeners in order, nothing after the terminal one
         self._closed = False  # the terminal event has been delivered
         self._finished = threading.Event()
-        # the tokens made so far (on the device, 0 where not yet sampled; the result's after the end); scheduler-set
-        self.tokens: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         return f"RequestHandle({self.id!r}, status={self._status!r}, progress={self.progress})"
@@ -74,6 +72,17 @@ class RequestHandle:
     @property
     def seed(self) -> int | None:
         return self.spec.seed
+
+    @property
+    def tokens(self) -> torch.Tensor | None:
+        """The tokens made so far (int8 ``[images, h·w, C]``, 0 where not yet sampled; on the device while the
+        request runs, the result's on the CPU after it is done; None before it joins)."""
+        final = self.final_tokens()
+        return final if final is not None else self._scheduler.tokens_of(self)
+
+    def final_tokens(self) -> torch.Tensor | None:
+        """The result's tokens once the request is done, else None."""
+        return self._output.tokens if self._status == "done" and self._output is not None else None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the request ends (True) or ``timeout`` seconds pass (False)."""
