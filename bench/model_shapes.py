@@ -28,6 +28,7 @@ from shapes import C2I_SIZES, T2I_14B
 from torch import nn
 
 from bitdance_rt.loading.c2i_checkpoint import C2I_ATTN_HEAD_DIM, C2IModel
+from bitdance_rt.loading.fused_weights import fuse_for_engine
 from bitdance_rt.loading.t2i_checkpoint import T2IModel
 from bitdance_rt.loading.tensor_files import TensorTable, load_into
 from bitdance_rt.prompt_tokenizer import PromptTokenizer
@@ -229,10 +230,12 @@ def build_model(shape: T2IShape | C2IShape, device: torch.device, dtype: torch.d
             tokenizer = tiny_prompt_tokenizer()
             tokenizer.check_special_tokens(shape.parallel, {s // shape.decoder.downsample for hw in T2I_SIZES
                                                             for s in hw})
+            fuse_for_engine(backbone, head)  # as the loader does
             return T2IModel(path=source, backbone_config=cfg, head_config=shape.head, decoder_layout=shape.decoder,
                             parallel=shape.parallel, tokenizer=tokenizer, backbone=backbone, head=head,
                             projector=projector, decoder=decoder)
         backbone = _random_module(lambda: C2IBackbone(shape.config), parts["backbone"], "backbone", device, dtype,
                                   gen)
+        fuse_for_engine(None, head)
         return C2IModel(path=source, tokenizer_path=None, config=shape.config, head_config=shape.head,
                         decoder_layout=shape.decoder, backbone=backbone, head=head, decoder=decoder)

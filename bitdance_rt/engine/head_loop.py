@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from ..ops import OpSet
 from ..reference.diffusion_head import LN_EPS, DiffusionHead
-from .fused_weights import fuse_linears
 from ..reference.sampler import LAST_STEP_SIZE, running_times, step_times
 
 
@@ -41,7 +40,7 @@ class FusedHead:
         cfg = head.cfg
         self.cfg = cfg
         self.mods_per_block = 6 if cfg.block_kind == "trans" else 3
-        self.adaln_weight, self.adaln_bias = fuse_linears([*head.ada_ln_blocks, head.final_layer.ada_ln_modulation])
+        self.adaln_weight, self.adaln_bias = head.adaln_weight, head.adaln_bias  # fused at load
         self._times: dict[int, StepTimes] = {}
 
     def step_times(self, num_steps: int) -> StepTimes:

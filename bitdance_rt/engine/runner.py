@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..outputs import format_images
-from .engine_base import EngineBase
+from .engine import Engine
 from .memory import ModelDims, batch_bytes, join_bytes
 from .slot_batch import SlotBatch
 
@@ -57,7 +57,7 @@ class _Batch:
 
 
 class ModelRunner:
-    def __init__(self, family, engine: EngineBase):
+    def __init__(self, family, engine: Engine):
         self.family, self.engine = family, engine
         self.dims = ModelDims.of(engine, family)
         self._batches: dict[tuple, _Batch] = {}

@@ -10,6 +10,8 @@ import torch
 
 from ..errors import InvalidRequestError
 from ..reference.sampler import linear_guidance
+from ..reference.c2i_backbone import NORM_EPS
+from .backbone_layout import BackboneLayout, LayerWeights
 from .family import Family, Placement
 
 C2I_STEPS = 100
@@ -107,6 +109,32 @@ class ClassConditional(Family):
         noise = generator_noise(generator, self.model.backbone.norm.weight.device)
         rows = [r.class_label for r in specs for _ in range(r.num_images)]
         return generate_c2i_tokens(self.model, rows, s.num_steps, s.guidance, noise, progress)
+
+    # ------------------------------------------------------------------ the engine's questions
+    def _build_layout(self) -> BackboneLayout:
+        bb, cfg = self.model.backbone, self.config
+        layers = tuple(LayerWeights(attn_norm=l.attention_norm.weight, qkv=l.attention.wqkv.weight, qkv_bias=None,
+                                    q_norm=None, k_norm=None, out=l.attention.wo.weight, out_bias=None,
+                                    ffn_norm=l.ffn_norm.weight, gate_up=l.feed_forward.w1.weight,
+                                    down=l.feed_forward.w2.weight) for l in bb.layers)
+        cos, sin = bb.rope_tables()
+        return BackboneLayout(width=cfg.dim, heads=cfg.num_heads, kv_heads=cfg.num_heads, head_dim=cfg.head_dim,
+                              ffn_width=layers[0].down.shape[1], eps=NORM_EPS, norm_style="torch",
+                              input_norm=bb.emb_norm.weight, final_norm=bb.norm.weight, layers=layers,
+                              cos=cos.contiguous(), sin=sin.contiguous())
+
+    def prefill_inputs(self, rows, device):
+        """Class tokens and the P−1 query tokens of every row; the causal part is every class token but the last."""
+        labels = torch.tensor(rows, device=device)
+        lengths = torch.full((len(rows),), self.config.num_prefix, dtype=torch.int32, device=device)
+        return self.model.backbone.class_tokens(labels), lengths, torch.full_like(lengths, self.config.causal_len)
+
+    def _position_table(self, grid):
+        return self.model.backbone.pos_for_diff.weight.float().view(-1, self.parallel, self.config.dim)
+
+    def embed_feedback(self, tokens, pos):
+        """Tokens through ``proj_in`` (the position term enters the head's condition only)."""
+        return self.model.backbone.embed_tokens(tokens)
 
     @property
     def token_embedder(self) -> torch.nn.Module:

@@ -38,6 +38,8 @@ class Family:
 
     def __init__(self, model):
         self.model = model
+        self._layout = None
+        self._positions: dict[tuple, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ model facts
     @property
@@ -102,6 +104,40 @@ class Family:
         """The release's generation loop on the reference modules for the requests ``specs`` (one generate call:
         same size, steps and guidance), drawing noise from ``generator`` in the release's order. Returns the
         conditional rows' tokens ``[images, h·w, C]`` in request order."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the engine's questions
+    def backbone_layout(self):
+        """The layer facts and tensors the engine's backbone loop reads (``backbone_layout.BackboneLayout``),
+        built once."""
+        if self._layout is None:
+            self._layout = self._build_layout()
+        return self._layout
+
+    def _build_layout(self):
+        raise NotImplementedError
+
+    def prefill_inputs(self, rows: list, device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A prefill's inputs for cache rows ``rows`` (``cache_rows``): the input embeddings ``[B, T, W]``
+        (rows padded to the longest), each row's length and the causal part of it (int32 ``[B]``; the rest is the
+        first block of P, attending bidirectionally)."""
+        raise NotImplementedError
+
+    def block_positions(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """The position term the head adds to the hidden states of every AR step, ``[h·w / P, P, W]`` float32
+        (cached per grid)."""
+        key = (grid, str(device))
+        if key not in self._positions:
+            self._positions[key] = self._position_table(grid).to(device)
+        return self._positions[key]
+
+    def _position_table(self, grid: tuple[int, int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed_feedback(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The next block's input embeddings ``[B, P, W]`` (backbone dtype) from sampled tokens ``[B, P, C]`` and
+        each row's position term ``pos`` of the block just sampled."""
         raise NotImplementedError
 
     @property

@@ -8,6 +8,9 @@ import torch
 from ..errors import InvalidRequestError
 from ..prompt_tokenizer import chat_prompt
 from ..sizes import T2I_SIZES, token_grid
+from ..reference.rope import rotate_half_tables
+from ..reference.t2i_embeddings import t2i_position_table
+from .backbone_layout import BackboneLayout, LayerWeights
 from .family import Family, Placement
 
 T2I_DEFAULTS = {"height": 1024, "width": 1024, "num_sampling_steps": 50, "guidance_scale": 7.5}
@@ -106,6 +109,40 @@ class TextToImage(Family):
         noise = generator_noise(generator, self.model.backbone.embed_tokens.weight.device)
         return generate_t2i_tokens(self.model, [r.prompt for r in specs], [r.negative_prompt for r in specs],
                                    s.num_images, s.grid, s.num_steps, s.guidance, noise, progress)
+
+    # ------------------------------------------------------------------ the engine's questions
+    def _build_layout(self) -> BackboneLayout:
+        bb, cfg = self.model.backbone, self.model.backbone_config
+        layers = tuple(LayerWeights(attn_norm=l.input_layernorm.weight, qkv=l.self_attn.qkv_weight,
+                                    qkv_bias=l.self_attn.qkv_bias, q_norm=l.self_attn.q_norm.weight,
+                                    k_norm=l.self_attn.k_norm.weight, out=l.self_attn.o_proj.weight,
+                                    out_bias=l.self_attn.o_proj.bias, ffn_norm=l.post_attention_layernorm.weight,
+                                    gate_up=l.mlp.gate_up_weight, down=l.mlp.down_proj.weight) for l in bb.layers)
+        device = bb.embed_tokens.weight.device
+        cos, sin = rotate_half_tables(torch.arange(MAX_POSITIONS, device=device), cfg.head_dim, cfg.rope_theta)
+        return BackboneLayout(width=cfg.hidden_size, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
+                              head_dim=cfg.head_dim, ffn_width=cfg.intermediate_size, eps=cfg.rms_norm_eps,
+                              norm_style="hf", input_norm=None, final_norm=bb.norm.weight, layers=layers,
+                              cos=cos.contiguous(), sin=sin.contiguous())
+
+    def prefill_inputs(self, rows, device):
+        """Prompt rows padded with id 0 (never attended: each row's length bounds its keys); the causal part is
+        the prompt, ``<|vision_start|>`` and ``<|res_H|>``, the first block ``<|res_W|>`` and the query tokens."""
+        longest = max(map(len, rows))
+        ids = torch.zeros(len(rows), longest, dtype=torch.long)
+        for r, seq in enumerate(rows):
+            ids[r, :len(seq)] = torch.tensor(seq)
+        lengths = torch.tensor([len(seq) for seq in rows], dtype=torch.int32, device=device)
+        return self.model.backbone.embed(ids.to(device)), lengths, lengths - self.parallel
+
+    def _position_table(self, grid):
+        p = self.parallel
+        hidden = self.model.backbone_config.hidden_size
+        return t2i_position_table(grid[0], grid[1], hidden, int(round(p ** 0.5))).view(-1, p, hidden)
+
+    def embed_feedback(self, tokens, pos):
+        """Projected tokens plus each row's position term, in the backbone's dtype."""
+        return (self.model.projector(tokens) + pos).to(self.model.backbone.embed_tokens.weight.dtype)
 
     @property
     def token_embedder(self) -> torch.nn.Module:

@@ -20,6 +20,7 @@ from ..errors import CheckpointError
 from ..reference.c2i_backbone import C2IBackbone, C2IConfig
 from ..reference.diffusion_head import DiffusionHead, DiffusionHeadConfig
 from ..reference.token_decoder import DecoderLayout, TokenDecoder, expected_shapes as decoder_shapes, infer_layout
+from .fused_weights import fuse_for_engine
 from .head_config import check_head_config
 from .tensor_files import TensorTable, check_shapes, dict_table, load_into, torch_file
 
@@ -146,5 +147,6 @@ def load_c2i(path: Path, tokenizer_path: Path | None, device: torch.device, dtyp
     factories = {"backbone": lambda: C2IBackbone(plan.config), "head": lambda: DiffusionHead(plan.head_config),
                  "decoder": lambda: TokenDecoder(plan.decoder_layout)}
     modules = {name: load_into(factories[name], table, shapes, name) for name, (table, shapes) in plan.parts.items()}
+    fuse_for_engine(None, modules["head"])
     spec = {f: getattr(plan, f) for f in C2ISpec.__dataclass_fields__}
     return C2IModel(**spec, **modules)

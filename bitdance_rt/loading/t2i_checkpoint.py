@@ -21,6 +21,7 @@ from ..reference.t2i_embeddings import TokenProjector
 from ..reference.token_decoder import DecoderLayout, TokenDecoder, expected_shapes as decoder_shapes, \
     layout_from_ddconfig
 from ..sizes import T2I_SIZES
+from .fused_weights import fuse_for_engine
 from .head_config import check_head_config
 from .tensor_files import (TensorTable, check_shapes, load_into, read_json, require_file, sharded_safetensors,
                            single_safetensors)
@@ -126,5 +127,6 @@ def load_t2i(path: Path, device: torch.device, dtype: torch.dtype) -> T2IModel:
                  "projector": lambda: TokenProjector(plan.head_config.token_channels,
                                                      plan.backbone_config.hidden_size)}
     modules = {name: load_into(factories[name], table, shapes, name) for name, (table, shapes) in plan.parts.items()}
+    fuse_for_engine(modules["backbone"], modules["head"])
     spec = {f: getattr(plan, f) for f in T2ISpec.__dataclass_fields__}
     return T2IModel(**spec, **modules)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import bitdance_rt.engine.ar_step as ar_step
-import bitdance_rt.engine.engine_base as engine_base
+import bitdance_rt.engine.engine as engine_module
 from bitdance_rt.runtime import Runtime
 from engine_testing import placement
 
@@ -33,7 +33,7 @@ class ReplayingCapture:
 @pytest.fixture
 def graph_path(monkeypatch):
     monkeypatch.setattr(ar_step, "CapturedStep", ReplayingCapture)
-    monkeypatch.setattr(engine_base, "graphs_available", lambda device: True)
+    monkeypatch.setattr(engine_module, "graphs_available", lambda device: True)
     ReplayingCapture.made = 0
 
 

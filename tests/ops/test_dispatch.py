@@ -178,7 +178,7 @@ def test_bit_linear_reference_provider():
 
 def test_capturable_knows_which_reference_functions_read_the_host():
     """A graph can hold the keyed noise drawn by the PyTorch provider, not the PyTorch attention (host lengths)."""
-    from bitdance_rt.engine.engine_base import STEP_OPS
+    from bitdance_rt.engine.engine import STEP_OPS
 
     torch_only = OpSet("cpu", "torch")
     assert not torch_only.capturable(STEP_OPS)

@@ -1,9 +1,11 @@
-"""What both families' engines share: the decode step over the static cache, and continuous batches of image slots
-(``SlotBatch``) with their per-prefix AR steps.
+"""``Engine``: the optimized path over one model's weights, for both families: the backbone on the kernels (one
+layer loop, ``backbone.py``, driven by the family's layer facts), the head's fused sampling loop (``head_loop.py``),
+the prefill of joining rows, the decode step over the static cache, and the AR step of a continuous batch of image
+slots (``SlotBatch``), eager or captured into CUDA graphs (``ar_step.py``).
 
-A subclass provides ``_layers(x, cache, attend)`` (its backbone on the kernels), ``head`` (a ``FusedHead``),
-``width`` (the backbone width), ``embed_feedback(tokens, pos)`` (the next block's input embeddings from the sampled
-tokens and each row's position term) and ``block_positions(grid)`` (the position terms of every AR step).
+What differs by family comes from the family object: the prefill's input embeddings and lengths, the position
+term of every AR step, the embedding of fed-back tokens, the layer facts. The model runner (``runner.py``) owns the
+batches and drives the engine.
 
 A batch's AR step computes every row of the slots it covers (free slots too: their rows are computed and ignored),
 so with a fixed prefix size a row's result depends only on its own inputs, never on what shares the batch.
@@ -11,12 +13,11 @@ so with a fixed prefix size a row's result depends only on its own inputs, never
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from ..ops import OpSet
 from .ar_step import AutoregressiveStep, build_step
+from .backbone import run_layers
 from .cuda_graphs import graphs_available
 from .head_loop import FusedHead
 from .slot_batch import SlotBatch
@@ -28,37 +29,55 @@ STEP_OPS = ("block_attention_decode", "qk_norm_rope_append", "rope_append_interl
             "sampler_final")
 
 
-class EngineBase:
-    head: FusedHead
-    head_dim: int
-    token_channels: int
-    width: int
-    cache_shape: tuple[int, int, int]  # layers, KV heads, head dim
-
-    def __init__(self, ops: OpSet):
-        self.ops = ops
+class Engine:
+    def __init__(self, family, ops: OpSet):
+        self.family, self.ops = family, ops
+        self.layout = layout = family.backbone_layout()
+        self.head = FusedHead(family.model.head, ops)
         # graphs need every operation of a step capturable (not so the PyTorch attention: it reads lengths on the host)
         self.use_cuda_graphs = ops.capturable(STEP_OPS)
-
-    def _layers(self, x: torch.Tensor, cache: StaticKVCache,
-                attend: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def embed_feedback(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        self.head_dim, self.width, self.num_heads, self.ffn_width = (layout.head_dim, layout.width, layout.heads,
+                                                                     layout.ffn_width)
+        self.patch, self.token_channels = family.parallel, family.token_channels
+        self.cache_shape = (len(layout.layers), layout.kv_heads, layout.head_dim)  # layers, KV heads, head dim
 
     @property
     def device(self) -> torch.device:
-        return self.head.adaln_weight.device
+        return self.layout.final_norm.device
 
     @property
     def hidden_dtype(self) -> torch.dtype:
-        raise NotImplementedError
+        return self.layout.dtype
 
     @property
     def token_dtype(self) -> torch.dtype:
         """dtype of the head's sampled tokens (the head's weights)."""
         return self.head.head.input_proj.weight.dtype
+
+    # ------------------------------------------------------------------ backbone
+    def prefill(self, rows: list, cache: StaticKVCache) -> torch.Tensor:
+        """Run every row's prefix (``family.cache_rows``: prompt token ids, or class ids) with the block mask in one
+        pass; returns the hidden states of each row's first block ``[B, P, W]`` and leaves ``cache.lengths`` at
+        each row's prefix length."""
+        p, scale = self.patch, self.head_dim ** -0.5
+        x, lengths, causal = self.family.prefill_inputs(rows, self.device)
+        cache.lengths.zero_()
+
+        def attend(i: int, q: torch.Tensor) -> torch.Tensor:
+            return self.ops.block_attention_prefill(q, cache.keys[i], cache.values[i], lengths, causal, p, scale)
+
+        hidden = run_layers(self.ops, self.layout, x, cache, attend)
+        cache.lengths.copy_(lengths)
+        last = (lengths.long() - p)[:, None] + torch.arange(p, device=lengths.device)
+        return hidden.gather(1, last[:, :, None].expand(-1, -1, hidden.shape[2]))
+
+    def block_positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The position term of every AR step, ``[h·w / P, P, W]`` float32."""
+        return self.family.block_positions(grid, self.device)
+
+    def embed_feedback(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The next block's input embeddings from sampled tokens and each row's position term."""
+        return self.family.embed_feedback(tokens, pos)
 
     def decode(self, embeds: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
         """One block of P embeddings per row ``[B, P, width]`` -> hidden states ``[B, P, width]``; the block attends
@@ -68,7 +87,7 @@ class EngineBase:
         def attend(i: int, q: torch.Tensor) -> torch.Tensor:
             return self.ops.block_attention_decode(q, cache.keys[i], cache.values[i], cache.lengths, scale)
 
-        hidden = self._layers(embeds, cache, attend)
+        hidden = run_layers(self.ops, self.layout, embeds, cache, attend)
         cache.lengths += embeds.shape[1]
         return hidden
 
@@ -116,3 +135,24 @@ class EngineBase:
         rows = batch.row_range(first_slot, count)
         cache = batch.cache.rows(rows.start, rows.stop)
         batch.hidden[rows] = self.decode(self.embed_feedback(tokens, batch.pos[rows]), cache)
+
+    def join(self, batch: SlotBatch, first_slot: int, rows: list) -> None:
+        """A joining request's prefill, its rows only: ``rows`` (``family.cache_rows``) into the cache rows of its
+        slots ``first_slot ..``; the hidden states of their first block land in ``batch.hidden``."""
+        span = batch.row_range(first_slot, len(rows) // batch.mult)
+        if span.stop - span.start != len(rows):
+            raise ValueError(f"Engine.join: {len(rows)} rows do not fill whole slots of {batch.mult} rows")
+        batch.hidden[span] = self.prefill(rows, batch.cache.rows(span.start, span.stop))
+        batch.live[span] = 1
+
+    def unguided_rows(self, batch: SlotBatch, first_slot: int, count: int, block_pos: torch.Tensor,
+                      noise: torch.Tensor) -> torch.Tensor:
+        """A guided request's leading unguided AR step (the class-conditional release's step 0) for ``count``
+        slots, eager: each of their ``2·count`` rows (conditional and null-class) sampled unguided on its own, with
+        ``noise [N + 1, 2·count, P, C]`` in the sampler's row order (conditional rows of the slots, then the
+        others). Returns the tokens ``[2·count, P, C]`` in cache-row order (``decode_rows`` feeds them back)."""
+        span = batch.row_range(first_slot, count)
+        p, c, w = self.patch, self.token_channels, self.width
+        cond = (batch.hidden[span] + block_pos).view(count, 2, p, w).transpose(0, 1).reshape(2 * count, p, w)
+        tokens = self.head.sample(cond, noise, 1.0, False, self.head.step_times(noise.shape[0] - 1))
+        return tokens.view(2, count, p, c).transpose(0, 1).reshape(2 * count, p, c)
