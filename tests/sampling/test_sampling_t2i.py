@@ -12,12 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bitdance_rt.errors import InvalidRequestError
+from bitdance_rt.runtime import Runtime
 from bitdance_rt.sampling import SampleSettings, sample
 from sampling_helpers import GENEVAL_LINES, png, write_dpg_json, write_geneval
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def rt_t2i(t2i64_dir, single_thread) -> Runtime:
+    """The batch these runs fill: 2 unguided images, one row each (every step computes the whole batch)."""
+    return Runtime.from_pretrained(t2i64_dir, device="cpu", dtype=torch.float32, max_batch=2)
 
 
 def settings(t2i64_dir: Path, out: Path, prompts: Path, **fields) -> SampleSettings:
@@ -28,10 +36,10 @@ def settings(t2i64_dir: Path, out: Path, prompts: Path, **fields) -> SampleSetti
 
 
 @pytest.fixture(scope="module")
-def geneval_run(t2i64_dir, rt_t2i64, tmp_path_factory):
+def geneval_run(t2i64_dir, rt_t2i, tmp_path_factory):
     root = tmp_path_factory.mktemp("geneval")
     prompts = write_geneval(root / "evaluation_metadata.jsonl")
-    summary = sample(settings(t2i64_dir, root / "out", prompts, images_per_prompt=1), runtime=rt_t2i64)
+    summary = sample(settings(t2i64_dir, root / "out", prompts, images_per_prompt=1), runtime=rt_t2i)
     return root / "out", summary
 
 
@@ -48,11 +56,11 @@ def test_geneval_layout(geneval_run):
     assert (summary.new_images, summary.num_images) == (2, 2)
 
 
-def test_dpg_layout(geneval_run, t2i64_dir, rt_t2i64, tmp_path: Path):
+def test_dpg_layout(geneval_run, t2i64_dir, rt_t2i, tmp_path: Path):
     prompts = write_dpg_json(tmp_path / "prompts.json", {"partiprompts7": GENEVAL_LINES[0]["prompt"]})
-    sample(settings(t2i64_dir, tmp_path / "out", prompts, images_per_prompt=2), runtime=rt_t2i64)
+    sample(settings(t2i64_dir, tmp_path / "out", prompts, images_per_prompt=2), runtime=rt_t2i)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["partiprompts7.png", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["partiprompts7.png", "run.json"]  # parts/ removed
     grid = png(out / "partiprompts7.png")
     assert grid.shape == (512, 1024, 3)  # 2 images side by side: compute_dpg_bench.py --pic-num 2
     # image 0: the same prompt and seed as GenEval's image 0, so the same pixels; image 1 has seed + 1
@@ -60,14 +68,14 @@ def test_dpg_layout(geneval_run, t2i64_dir, rt_t2i64, tmp_path: Path):
     assert not np.array_equal(grid[:, :512], grid[:, 512:])
 
 
-def test_prompt_errors(t2i64_dir, rt_t2i64, tmp_path: Path):
+def test_prompt_errors(t2i64_dir, rt_t2i, tmp_path: Path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a kite\n\n" + "a very long prompt " * 2000 + "\n", encoding="utf-8")
     with pytest.raises(InvalidRequestError) as e:
-        sample(settings(t2i64_dir, tmp_path / "long", prompts), runtime=rt_t2i64)
+        sample(settings(t2i64_dir, tmp_path / "long", prompts), runtime=rt_t2i)
     assert f"image 1 (image 0 of prompt '1', {prompts}, line 3): the prompt is" in str(e.value)
     assert "shorten the prompt" in str(e.value) and e.value.param == "prompt"
 
     with pytest.raises(InvalidRequestError, match="takes prompts: pass --prompts FILE"):
         sample(SampleSettings(out=tmp_path / "none", model=t2i64_dir, num_samples=4, progress=False),
-               runtime=rt_t2i64)
+               runtime=rt_t2i)
