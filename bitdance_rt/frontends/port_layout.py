@@ -109,6 +109,7 @@ def _t2i_view(port: Path, view: Path) -> Path:
             raise CheckpointError(f"{port}: the diffusers-port folder has no {part}/ subfolder; download the whole "
                                   "repository.")
     tokenizer = port / "tokenizer"
+    _require(tokenizer / "tokenizer.json")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
         if (tokenizer / name).is_file():
             _link(tokenizer / name, view / name)
