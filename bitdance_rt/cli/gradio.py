@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -64,10 +65,12 @@ def run(a: argparse.Namespace) -> int:
         else:
             runtime = Runtime.from_pretrained(a.model, device=a.device, dtype=a.dtype, backend=a.backend,
                                               tokenizer_path=a.tokenizer, trust_pickle=a.trust_pickle, **limits)
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # as Ctrl-C: Gradio closes its server
         try:
             launch_app(runtime, host=a.host, port=a.port, block=True, max_images=a.max_images,
                        concurrency=a.concurrency, preview_every=a.preview_every, default_size=default_size)
         finally:
+            signal.signal(signal.SIGTERM, previous)
             runtime.stop_worker(cancel=True)
         return 0
     finally:
@@ -84,3 +87,7 @@ def _size(text: str) -> tuple[int, int]:
     except ValueError:
         raise InvalidRequestError(f"--default-size {text!r} is not WIDTHxHEIGHT (e.g. 1024x1024).") from None
     return height, width
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -40,6 +40,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - exercised only without th
     raise ImportError("BitDancePipeline needs diffusers: pip install 'bitdance-rt[diffusers]'") from e
 
 from ..errors import InvalidRequestError
+from ..platform import resolve_device
 from ..runtime import Runtime
 from .diffusers_outputs import check_output_type, diffusers_images, empty_images, runtime_output_type
 from .model_placement import ModelOffload, runtime_on
@@ -134,7 +135,8 @@ class BitDancePipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ placement
     def to(self, *args, **kwargs) -> "BitDancePipeline":
         """``to(device)``, ``to(dtype)``, ``to(device, dtype)`` or ``to(device=..., dtype=...)``: the weights are
-        moved and the runtime rebuilt there (model offload, if enabled, ends). Returns the pipeline."""
+        moved and the runtime rebuilt there (model offload, if enabled, ends); nothing happens when the model is
+        already there. Returns the pipeline."""
         device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
         kwargs.pop("silence_dtype_warnings", None)
         if kwargs:
@@ -147,7 +149,9 @@ class BitDancePipeline(DiffusionPipeline):
                 device = arg
             else:
                 raise InvalidRequestError(f"to() takes a device and/or a dtype, got {arg!r}.")
-        target = torch.device(device) if device is not None else self.device
+        target = resolve_device(device if device is not None else self.device)
+        if self._offload is None and target == self.runtime.device and dtype in (None, self.runtime.dtype):
+            return self  # already there (the usual .to("cuda") after loading straight to the GPU)
         self.runtime.stop_worker(cancel=True)
         self._offload = None
         self.runtime = runtime_on(self.family, target, dtype or self.dtype, self._backend_request,

@@ -187,6 +187,7 @@ def test_to_dtype_rebuilds_the_runtime(tmp_path, single_thread):
     model, tokenizer = write_tiny_c2i(tmp_path, parallel_num=16, seed=3)
     pipe = BitDancePipeline.from_pretrained(model, tokenizer_path=tokenizer, device="cpu")
     first = pipe.runtime
+    assert pipe.to("cpu") is pipe and pipe.runtime is first  # already there: nothing rebuilt
     assert pipe.to(torch.bfloat16) is pipe
     assert pipe.dtype == torch.bfloat16 and pipe.runtime is not first and pipe.runtime.dtype == torch.bfloat16
     assert {p.dtype for m in pipe.family.modules().values() for p in m.parameters()} == {torch.bfloat16}
