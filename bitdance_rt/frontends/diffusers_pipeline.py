@@ -90,9 +90,10 @@ class BitDancePipeline(DiffusionPipeline):
         ``batch_invariant``, ``op_providers``: the runtime's serving options. No Hub access: pass a local folder."""
         unknown = sorted(set(kwargs) - set(IGNORED_LOAD_KWARGS) - set(RUNTIME_OPTIONS))
         if unknown:
-            raise InvalidRequestError(f"BitDancePipeline.from_pretrained() got unknown argument(s) {', '.join(unknown)};"
-                                      " it takes torch_dtype, quantization, device (or device_map), backend, "
-                                      "tokenizer_path, subfolder, trust_pickle and the runtime options "
+            raise InvalidRequestError(f"BitDancePipeline.from_pretrained() got unknown argument(s) "
+                                      f"{', '.join(unknown)}; it takes torch_dtype, quantization, device (or "
+                                      "device_map), backend, tokenizer_path, subfolder, trust_pickle and the runtime "
+                                      "options "
                                       f"{', '.join(RUNTIME_OPTIONS)}.", param=unknown[0])
         if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
             raise InvalidRequestError("pass torch_dtype or dtype, not both.", param="dtype")
@@ -199,7 +200,8 @@ class BitDancePipeline(DiffusionPipeline):
         if generators is None:
             jobs = [(conditions, images_per, generator)]
         else:  # image i of the batch (prompt-major) alone, with its own generator
-            jobs = [([c], 1, generators[k * images_per + j]) for k, c in enumerate(conditions) for j in range(images_per)]
+            jobs = [([c], 1, generators[k * images_per + j])
+                    for k, c in enumerate(conditions) for j in range(images_per)]
         self._interrupt = False
         try:
             outputs = [self._run(job, prompt_call, settings, output_type, callback_on_step_end) for job in jobs]
