@@ -1,4 +1,5 @@
-"""Install with ``pip install -e .`` (add ``[test]`` for the test suite, ``[hub]`` for ``bitdance-rt download``).
+"""Install with ``pip install -e .`` (add ``[test]`` for the test suite, ``[hub]`` for ``bitdance-rt download``,
+``[diffusers]`` for ``bitdance_rt.BitDancePipeline``, ``[gradio]`` for ``bitdance-rt gradio``).
 
 The Triton kernels live in ``kernels/`` at the repository root and ship as ``bitdance_rt.kernels`` (a top-level
 ``kernels`` module would clash with an existing PyPI package of that name).
@@ -51,7 +52,10 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "transformers>=4.51"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "transformers>=4.51", "diffusers>=0.30", "gradio>=5.0",
+                 "gradio_client>=1.0"],
+        "diffusers": ["diffusers>=0.30"],
+        "gradio": ["gradio>=5.0"],
         "hub": ["huggingface_hub>=0.23"],
         "flash": ["flash-attn>=2.6"],
     },

@@ -1,5 +1,6 @@
 """``bitdance-rt`` command line. One module per command (``generate``, ``info``, ``download``, ``demo``, ``serve``,
-``sample``); each defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``, and is listed in
+``sample``, ``gradio``); each defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``, and is
+listed in
 ``COMMANDS``.
 Options shared by the commands that load a model live in ``model_options.py``.
 
@@ -22,6 +23,7 @@ COMMANDS = {
     "demo": ".demo",
     "serve": ".serve",
     "sample": ".sample",
+    "gradio": ".gradio",
 }
 
 
