@@ -1,7 +1,6 @@
 """``bitdance-rt`` command line. One module per command (``generate``, ``info``, ``download``, ``demo``, ``serve``,
 ``sample``, ``gradio``); each defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``, and is
-listed in
-``COMMANDS``.
+listed in ``COMMANDS``.
 Options shared by the commands that load a model live in ``model_options.py``.
 
 Errors of the runtime (bad files, bad arguments, missing devices) print one line to stderr and exit with 2.
