@@ -18,6 +18,7 @@ pick different tiles or splits; the engine's batch-invariant mode keeps M fixed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -45,8 +46,13 @@ class GemmTiles:
 
 def multiprocessors(device: torch.device) -> int:
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
     return DEFAULT_SMS
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def gemm_tiles(m: int, n: int, k: int, *, block_k: int, x_bytes: int, w_bytes: int, device: torch.device,
