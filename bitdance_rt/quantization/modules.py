@@ -14,6 +14,8 @@
   (a ``key -> tensor`` reader such as ``TensorTable.fetch``) the float weight and bias are read from the file instead
   of the module, so the module may be built on the meta device and no full-precision copy of the model ever exists;
   peak memory above the 8-bit result is one layer's float weight plus one chunk's float32 copy.
+- ``fuse_quantized_linears(layers)``: one weight for layers that read the same input (q/k/v, gate/up), the layers
+  left as views of it (one copy), as ``engine.fused_weights.fuse_linears`` does for float weights.
 - ``weights_bytes(module)``: bytes held by a module's parameters and buffers (8-bit codes and scales included),
   each storage counted once (fused weights share storage).
 """
@@ -27,7 +29,7 @@ from torch import nn
 
 from ..errors import InvalidRequestError
 from .formats import check_act_quant
-from .quantized_weight import QuantizedWeight, quantize_weight
+from .quantized_weight import QuantizedWeight, concat_quantized, quantize_weight
 from .reference_linear import quantized_linear_reference
 
 EXCLUDED = ("time_embed", "input_proj", "final_layer.linear", "proj_in", "fc1")  # dotted parts of a module name
@@ -113,6 +115,27 @@ def quantize_linears(module: nn.Module, names: Iterable[str], fmt: str, *, block
         sizes[name] = qweight.nbytes()
         del weight, bias, linear, qweight  # the float copy of this layer goes now
     return sizes
+
+
+def fuse_quantized_linears(linears: list[QuantizedLinear]) -> tuple[QuantizedWeight, torch.Tensor | None]:
+    """The quantized counterpart of ``engine.fused_weights.fuse_linears``: concatenate the layers' codes, scales
+    (and biases, when every one has one) along the output dimension (``concat_quantized``) and make each layer's
+    buffers views of the result, so the modules and the fused GEMM read one copy. Returns ``(weight, bias)``."""
+    if not linears or not all(isinstance(lin, QuantizedLinear) for lin in linears):
+        raise InvalidRequestError("fuse_quantized_linears: pass QuantizedLinear modules (quantize_linears first)")
+    fused = concat_quantized([lin.qweight for lin in linears])
+    has_bias = all(lin.bias is not None for lin in linears)
+    bias = torch.cat([lin.bias for lin in linears]) if has_bias else None
+    row = block_row = 0
+    for lin in linears:
+        rows = lin.out_features
+        scale_rows = rows if lin.block is None else -(-rows // lin.block)
+        lin.data = fused.data[row:row + rows]
+        lin.scales = fused.scales[block_row:block_row + scale_rows]
+        if has_bias:
+            lin.bias = bias[row:row + rows]
+        row, block_row = row + rows, block_row + scale_rows
+    return fused, bias
 
 
 def weights_bytes(module: nn.Module) -> int:

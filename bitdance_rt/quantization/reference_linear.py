@@ -53,7 +53,8 @@ def fp8_activation_quant_reference(x: torch.Tensor, group_size: int | None = Non
     return codes, scales
 
 
-def dequantize_activations(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dequantize_activations(codes: torch.Tensor, scales: torch.Tensor,
+                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Codes ``[M, K]`` times their per-token ``[M]`` or per-group ``[M, G]`` scales, in ``dtype``."""
     wide = torch.float64 if dtype == torch.float64 else torch.float32
     m, k = codes.shape
@@ -64,8 +65,9 @@ def dequantize_activations(codes: torch.Tensor, scales: torch.Tensor, dtype: tor
     return (codes.to(wide) * per_element).to(dtype)
 
 
-def fp8_gemm_reference(codes: torch.Tensor, scales: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None,
-                       out_dtype: torch.dtype = torch.float32, compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def fp8_gemm_reference(codes: torch.Tensor, scales: torch.Tensor, qw: QuantizedWeight,
+                       bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32,
+                       compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``dequant(codes) @ dequant(qw)ᵀ + bias`` in ``compute_dtype`` (float32 or float64), cast to ``out_dtype``."""
     if qw.fmt != "fp8" or codes.dtype != FP8_DTYPE:
         raise InvalidRequestError(f"fp8_gemm: needs fp8 activations and weights, found {codes.dtype} activations "

@@ -42,7 +42,8 @@ def reference(codes, scales, qw, bias) -> torch.Tensor:
                               out_dtype=torch.float64, compute_dtype=torch.float64)
 
 
-@pytest.mark.parametrize("split_k,bias", [(None, True), (2, False), (3, True)], ids=["rule-bias", "split2", "split3-bias"])
+@pytest.mark.parametrize("split_k,bias", [(None, True), (2, False), (3, True)],
+                         ids=["rule-bias", "split2", "split3-bias"])
 @pytest.mark.parametrize("group_size,block", LAYOUTS)
 @pytest.mark.parametrize("m,n,k", [(5, 200, 300), (33, 256, 384)])
 def test_fp8_gemm_float32(m, n, k, group_size, block, split_k, bias):

@@ -39,7 +39,8 @@ def reference(x: torch.Tensor, qw, bias: torch.Tensor | None) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", X_DTYPES)
-@pytest.mark.parametrize("split_k,bias", [(None, True), (2, False), (3, True)], ids=["rule-bias", "split2", "split3-bias"])
+@pytest.mark.parametrize("split_k,bias", [(None, True), (2, False), (3, True)],
+                         ids=["rule-bias", "split2", "split3-bias"])
 @pytest.mark.parametrize("m,n,k", [(5, 200, 300), (33, 130, 96), (64, 256, 256)])
 def test_int8_weight_gemm(m, n, k, split_k, bias, dtype):
     x, qw, b = case(m, n, k, seed=m + n + k, dtype=dtype, bias=bias)

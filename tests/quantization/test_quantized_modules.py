@@ -6,7 +6,8 @@
   the same head with each weight replaced by its dequantized copy; fp8 W8A8 equals dequantize-then-matmul of the
   reference's activation codes (relative error < 1e-6).
 - ``quantize_linears`` with ``fetch`` on a meta-built head reads each quantized tensor once and gives the same module
-  as quantizing a loaded head; ``weights_bytes`` counts codes, scales and float parameters, shared storage once.
+  as quantizing a loaded head; ``weights_bytes`` counts codes, scales and float parameters, shared storage once;
+  ``fuse_quantized_linears`` equals quantizing the concatenated weight and leaves the layers as views of it.
 - ``fast_linear.quantized_linear`` (Triton kernels through the interpreter; ``torch._scaled_mm`` on the CPU where
   this torch build runs it) against ``quantized_linear_reference``: relative error < 1e-5 in float32, fp8 codes
   identical; a NaN in a token makes that token's outputs NaN on both paths and leaves the other tokens untouched.
@@ -22,8 +23,9 @@ from quant_testing import DEVICE, FLOAT32_TOL, assert_close, randn, rel_err
 from torch import nn
 
 from bitdance_rt.errors import InvalidRequestError, UnsupportedDeviceError
-from bitdance_rt.quantization import (QuantizedLinear, dequantize, quantizable_linears, quantize_fp8, quantize_int8,
-                                      quantize_linears, quantized_linear_reference, weights_bytes)
+from bitdance_rt.quantization import (QuantizedLinear, dequantize, fuse_quantized_linears, quantizable_linears,
+                                      quantize_fp8, quantize_int8, quantize_linears, quantized_linear_reference,
+                                      weights_bytes)
 from bitdance_rt.quantization.fast_linear import quantized_linear
 from bitdance_rt.quantization.reference_linear import dequantize_activations, fp8_activation_quant_reference
 from bitdance_rt.quantization.scaled_mm import fp8_gemm_scaled_mm
@@ -34,8 +36,9 @@ from bitdance_rt.reference.qwen3 import Qwen3Backbone, Qwen3Config
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 FORMATS = [pytest.param("int8", None, None, id="int8"), pytest.param("fp8", None, None, id="fp8-weight-only"),
-           pytest.param("fp8", 128, None, id="fp8-block-weight-only"), pytest.param("fp8", None, "token", id="fp8-token"),
-           pytest.param("fp8", 128, "group", id="fp8-block-group")]
+           pytest.param("fp8", 128, None, id="fp8-block-weight-only"),
+           pytest.param("fp8", None, "token", id="fp8-token"), pytest.param("fp8", 128, "group", id="fp8-block-group")]
+FAST_FORMATS = [p for p in FORMATS if p.values[2] is not None or p.values[0] == "int8"]  # weight-only fp8: no fast path
 
 
 def tiny_head(kind: str = "trans", seed: int = 0) -> DiffusionHead:
@@ -148,6 +151,26 @@ def test_weights_bytes():
     assert weights_bytes(shared) == 40 * 4
 
 
+@pytest.mark.parametrize("fmt,block", [("int8", None), ("fp8", 128)])
+def test_fuse_quantized_linears_shares_one_copy(fmt, block):
+    """q/k/v of a tiny attention fused as the engine fuses float weights: the fused weight equals quantizing the
+    concatenation, each layer becomes a view of it (same outputs, storage counted once)."""
+    torch.manual_seed(9)
+    layers = nn.ModuleDict({n: nn.Linear(128, rows) for n, rows in (("q", 256), ("k", 128), ("v", 128))})
+    float_weight = torch.cat([layers[n].weight for n in "qkv"]).detach().clone()
+    quantize_linears(layers, list("qkv"), fmt, block=block, act_quant="token" if fmt == "fp8" else None)
+    x = randn(5, 128, seed=10, device="cpu")
+    before = [layers[n](x) for n in "qkv"]
+    size_before = weights_bytes(layers)
+    fused, bias = fuse_quantized_linears([layers[n] for n in "qkv"])
+    direct = quantize_fp8(float_weight, block) if fmt == "fp8" else quantize_int8(float_weight)
+    assert torch.equal(fused.data.view(torch.uint8), direct.data.view(torch.uint8))
+    assert torch.equal(fused.scales, direct.scales) and bias.shape == (512,)
+    assert all(torch.equal(layers[n](x), y) for n, y in zip("qkv", before))
+    assert layers["k"].data.data_ptr() == fused.data[256:].data_ptr()
+    assert weights_bytes(layers) == size_before
+
+
 def test_module_argument_errors():
     head = tiny_head()
     with pytest.raises(InvalidRequestError, match="'net.norm' is a LayerNorm, not an nn.Linear"):
@@ -169,7 +192,7 @@ def layer_case(fmt: str, block, seed: int = 5, n: int = 200, k: int = 320):
     return x, qw, randn(n, seed=seed + 2, scale=0.3)
 
 
-@pytest.mark.parametrize("fmt,block,act_quant", [p for p in FORMATS if p.values[2] is not None or p.values[0] == "int8"])
+@pytest.mark.parametrize("fmt,block,act_quant", FAST_FORMATS)
 def test_fast_linear_matches_reference(fmt, block, act_quant):
     x, qw, bias = layer_case(fmt, block)
     y = quantized_linear(x, qw, bias, act_quant=act_quant)
