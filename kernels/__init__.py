@@ -14,6 +14,12 @@ in ``bitdance_rt.reference`` it must equal (tests/kernels compare them on random
 | ``patch_attention`` | the head's self-attention over the P ≤ 64 tokens of a patch, one program per (row, head) | ``reference.head_ops.patch_attention_ref`` |
 | ``sampler_step`` | one Euler–Maruyama step from the head's output (velocity, guidance, score, drift, noise); the last Euler step with sign and bit packing | ``reference.sampler.step_from_prediction`` |
 | ``token_packing`` | sign quantization, ±1 ↔ packed 32-bit words | ``reference.token_packing`` |
+| ``int8_weight_gemm`` | ``x @ (Wq·scales)ᵀ + bias``: int8 weights per output channel, dequantized in registers, bf16/fp32 activations, optional split-K | ``quantization.reference_linear.int8_weight_gemm_reference`` |
+| ``fp8_gemm`` | W8A8 e4m3 GEMM: per-token or 1×128-group activation scales × per-channel or 128×128-block weight scales, float32 accumulation, optional split-K | ``quantization.reference_linear.fp8_gemm_reference`` |
+| ``fp8_activation_quant`` | activations to e4m3 codes with a scale per token or per 1×128 group | ``quantization.reference_linear.fp8_activation_quant_reference`` |
+
+Helpers: ``_checks`` (argument checks), ``_tiles`` (row tiles), ``_gemm_tiles`` (tiles and split-K of the 8-bit GEMMs),
+``_split_k`` (their deterministic split-K sum).
 
 Importing this package imports nothing; import the module you need (it imports Triton).
 """

@@ -196,6 +196,31 @@ def _unpack(dtype: torch.dtype) -> None:
     unpack_signs(_empty(C2I_ROWS, C2I_P, 1, dtype=torch.int32), dtype)
 
 
+# 8-bit weights (issue 12): the 14B linears at the decode block (M = 2 guidance rows x P = 64 = 128 rows: split-K
+# where N = 5,120 leaves SMs idle; 32 rows for P = 16) and at 1,024 rows; activations quantized per token and per
+# group. Each variant is a distinct specialization (a repeated one would come from Triton's cache, without a ptxas log).
+Q_DECODE_ROWS, Q_P16_ROWS, Q_BATCH_ROWS, Q_FFN, Q_QKV = T2I_ROWS * T2I_P, T2I_ROWS * 16, 1024, 17408, 7168
+
+
+def _int8_weight_gemm(dtype: torch.dtype, m: int, n: int, k: int, bias: bool = False) -> None:
+    from bitdance_rt.kernels.int8_weight_gemm import int8_weight_gemm
+    int8_weight_gemm(_empty(m, k, dtype=dtype), _empty(n, k, dtype=torch.int8), _empty(n),
+                     _empty(n, dtype=dtype) if bias else None)
+
+
+def _fp8_gemm(m: int, n: int, k: int, grouped: bool, blocked: bool, bias: bool = False) -> None:
+    from bitdance_rt.kernels.fp8_gemm import fp8_gemm
+    fp8, groups = torch.float8_e4m3fn, -(-k // 128)
+    fp8_gemm(_empty(m, k, dtype=fp8), _empty(m, groups) if grouped else _empty(m), _empty(n, k, dtype=fp8),
+             _empty(-(-n // 128), groups) if blocked else _empty(n), _empty(n, dtype=torch.bfloat16) if bias else None,
+             out_dtype=torch.bfloat16)
+
+
+def _fp8_activation_quant(dtype: torch.dtype, m: int, k: int, group_size: int | None) -> None:
+    from bitdance_rt.kernels.fp8_activation_quant import fp8_activation_quant
+    fp8_activation_quant(_empty(m, k, dtype=dtype), group_size)
+
+
 def _branch_shape_canary() -> None:
     """Not a project kernel: runs in the interpreter but fails in the compiler (a name given blocks of two shapes
     by the branches of a runtime ``if``), so the test can check that this harness reports such an error."""
@@ -228,6 +253,8 @@ def _both_dtypes(name: str, launch: Callable[[torch.dtype], None], kernels: tupl
 
 
 DECODE, MERGE, PREFILL = ("_decode_kernel",), ("_merge_splits_kernel",), ("_prefill_kernel",)
+INT8_GEMM, FP8_GEMM, REDUCE = ("_int8_weight_gemm_kernel",), ("_fp8_gemm_kernel",), ("_split_k_reduce_kernel",)
+FP8_QUANT = ("_fp8_activation_quant_kernel",)
 VARIANTS: tuple[Variant, ...] = (
     *_both_dtypes("rmsnorm_residual/t2i-hf-5120", _rmsnorm_t2i, ("_rmsnorm_residual_kernel",)),
     Variant("rmsnorm_residual/c2i-torch-no-residual-1280/bf16", lambda: _rmsnorm_c2i_first(torch.bfloat16),
@@ -261,6 +288,30 @@ VARIANTS: tuple[Variant, ...] = (
     *_both_dtypes("token_packing/sign", _sign, ("_sign_kernel",)),
     *_both_dtypes("token_packing/pack", _pack, ("_pack_kernel",)),
     *_both_dtypes("token_packing/unpack", _unpack, ("_unpack_kernel",)),
+    Variant("int8_weight_gemm/M128-5120x5120-split/bf16",
+            lambda: _int8_weight_gemm(torch.bfloat16, Q_DECODE_ROWS, T2I_HIDDEN, T2I_HIDDEN), INT8_GEMM + REDUCE),
+    Variant("int8_weight_gemm/M128-5120x5120/fp32",  # 64-wide float32 tiles fill the SMs: no split
+            lambda: _int8_weight_gemm(torch.float32, Q_DECODE_ROWS, T2I_HIDDEN, T2I_HIDDEN), INT8_GEMM),
+    Variant("int8_weight_gemm/M1024-5120x17408/bf16",
+            lambda: _int8_weight_gemm(torch.bfloat16, Q_BATCH_ROWS, T2I_HIDDEN, Q_FFN), INT8_GEMM),
+    Variant("int8_weight_gemm/M128-15360x5120-bias/bf16",
+            lambda: _int8_weight_gemm(torch.bfloat16, Q_DECODE_ROWS, 3 * T2I_HEAD_WIDTH, T2I_HIDDEN, True), INT8_GEMM),
+    Variant("fp8_gemm/M128-token-channel-5120x5120-bias-split",
+            lambda: _fp8_gemm(Q_DECODE_ROWS, T2I_HIDDEN, T2I_HIDDEN, False, False, True), FP8_GEMM + REDUCE),
+    Variant("fp8_gemm/M32-group-block-7168x5120-split",
+            lambda: _fp8_gemm(Q_P16_ROWS, Q_QKV, T2I_HIDDEN, True, True), FP8_GEMM + REDUCE),
+    Variant("fp8_gemm/M32-token-channel-34816x5120",
+            lambda: _fp8_gemm(Q_P16_ROWS, 2 * Q_FFN, T2I_HIDDEN, False, False), FP8_GEMM),
+    Variant("fp8_gemm/M1024-group-block-5120x7680-bias",
+            lambda: _fp8_gemm(Q_BATCH_ROWS, T2I_HIDDEN, T2I_HEAD_SWIGLU, True, True, True), FP8_GEMM),
+    Variant("fp8_gemm/M1024-token-channel-5120x17408",
+            lambda: _fp8_gemm(Q_BATCH_ROWS, T2I_HIDDEN, Q_FFN, False, False), FP8_GEMM),
+    *_both_dtypes("fp8_activation_quant/token-M128-5120",
+                  lambda dtype: _fp8_activation_quant(dtype, Q_DECODE_ROWS, T2I_HIDDEN, None), FP8_QUANT),
+    Variant("fp8_activation_quant/token-M1024-17408/bf16",
+            lambda: _fp8_activation_quant(torch.bfloat16, Q_BATCH_ROWS, Q_FFN, None), FP8_QUANT),
+    Variant("fp8_activation_quant/group-M128-17408/bf16",
+            lambda: _fp8_activation_quant(torch.bfloat16, Q_DECODE_ROWS, Q_FFN, 128), FP8_QUANT),
 )
 CANARY = Variant("canary/branch-shape-mismatch", _branch_shape_canary, ("_canary_kernel",))
 VARIANTS_BY_NAME = {v.name: v for v in (*VARIANTS, CANARY)}
