@@ -6,7 +6,7 @@ decode blocks (P = 64 and 16 after 1,024 and 4,160 cached positions) and at prom
 tokens. q, k and v are views of one fused qkv projection ``[B, T, (40 + 2·8)·128]``, as the engine passes them.
 The reference is ``reference.pre_attention``'s math over the whole batch at once (equal lengths: a slice write).
 Floor from the bytes read + written by one call (q, k, v, the norm weights, the table rows used, lengths; q out,
-the K and V rows written), as bench/test_bench_kv_append.py counts them.
+the K and V rows written), as bench/test_bench_pre_attention.py counts them.
 
 ``extra_info`` (``floors.record_row``): graphed times of ours and every candidate, our eager time, bytes, floor,
 ``ours_over_floor`` and the GPU environment.

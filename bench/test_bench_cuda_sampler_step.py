@@ -2,12 +2,12 @@
 ``test_bench_sampler_step.py`` (the 14B T2I head's guided step at batch 1 and 8, the class-conditional step at
 batch 256, one bandwidth row of 256 x 4,096 tokens), bf16 prediction, float32 x:
 
-- ``sampler_step_philox`` (noise made in the kernel) vs ``triton``: the Triton ``sampler_step`` plus the noise it
+- ``sampler_step_keyed`` (noise made in the kernel) vs ``triton``: the Triton ``sampler_step`` plus the noise it
   reads, drawn by ``torch.randn`` into a buffer first (the cheapest way to feed it), vs ``reference``: the keyed
   noise ``keyed_normal`` on the GPU and ``step_from_prediction``. Floor: pred read + x read + out written.
-- ``sampler_final_philox`` (last step, bf16 tokens of both halves, packed words) vs the Triton ``sampler_final``
+- ``sampler_final`` (last step, bf16 tokens of both halves, packed words) vs the Triton ``sampler_final``
   and the reference. Floor: pred + x read, tokens + words written.
-- ``philox_normal`` alone vs ``keyed_normal`` on the GPU (and ``torch.randn`` into a buffer in ``extra_info``).
+- ``keyed_noise`` alone vs ``keyed_normal`` on the GPU (and ``torch.randn`` into a buffer in ``extra_info``).
   Floor: the normals written.
 Guidance scales are per-row device tensors (as the engine passes them), so every call can be captured in a graph.
 """
@@ -54,7 +54,7 @@ def test_bench_cuda_sampler_step(benchmark, shape):
     running = running_times(times)
     t, dt = running[STEP], times[STEP + 1] - times[STEP]
     out, noise = torch.empty_like(x), torch.empty_like(x)
-    ours, triton = cuda_ops().sampler_step_philox, triton_ops().sampler_step
+    ours, triton = cuda_ops().sampler_step_keyed, triton_ops().sampler_step
 
     def triton_with_noise():
         torch.randn(x.shape, device="cuda", out=noise)
@@ -77,7 +77,7 @@ def test_bench_cuda_sampler_final(benchmark, shape):
     pred, x, cfg, _ = inputs(batch, patch)
     tokens = torch.empty_like(pred)
     packed = torch.empty(2 * batch, patch, CHANNELS // 32, dtype=torch.int32, device="cuda")
-    ours, triton = cuda_ops().sampler_final_philox, triton_ops().sampler_final
+    ours, triton = cuda_ops().sampler_final, triton_ops().sampler_final
 
     def reference():
         signs = torch.sign(torch.cat([final_step_from_prediction(pred, x, cfg, True)] * 2)).to(PRED_DTYPE)
@@ -91,12 +91,12 @@ def test_bench_cuda_sampler_final(benchmark, shape):
 
 
 @pytest.mark.parametrize("shape", list(STEP_SHAPES))
-def test_bench_cuda_philox_normal(benchmark, shape):
+def test_bench_cuda_keyed_noise(benchmark, shape):
     """The start sample of a sampling loop: keyed normals ``[B, P, C]`` written to a buffer."""
     batch, patch = STEP_SHAPES[shape]
     _, x, _, keys = inputs(batch, patch)
     out = torch.empty_like(x)
-    ours = cuda_ops().philox_normal
+    ours = cuda_ops().keyed_noise
     floors.record_row(benchmark, lambda: ours(*keys, 0, patch, CHANNELS, out=out),
                       {"reference": lambda: keyed_normal(*keys, 0, patch, CHANNELS)}, bytes_moved=4 * x.numel())
     randn_s, mode = floors.time_graphed(lambda: torch.randn(x.shape, device="cuda", out=out))

@@ -2,13 +2,13 @@
 // tensor is written or read, and a request's noise depends only on its own keys, never on its batch neighbours.
 //
 // Operators (torch.ops.bitdance_rt.*; outputs are caller-allocated, nothing is allocated or synchronised):
-// - philox_normal(seeds [B] int64, ar_steps [B] int32, rows_in_request [B] int32, sample_index, out [B, P, C] f32):
+// - keyed_noise(seeds [B] int64, ar_steps [B] int32, rows_in_request [B] int32, sample_index, out [B, P, C] f32):
 //   the keyed normals of bitdance_rt/reference/philox_noise.keyed_normal.
-// - sampler_step_philox(pred [m·B, P, C], x [B, P, C], times [N + 1], running [N], step, cfg [1] or [B], guided,
+// - sampler_step_keyed(pred [m·B, P, C], x [B, P, C], times [N + 1], running [N], step, cfg [1] or [B], guided,
 //   seeds, ar_steps, rows_in_request, out [B, P, C]): one Euler–Maruyama step, the math of the Triton
 //   kernels/sampler_step.py `sampler_step` op for op (correctly rounded division and square root, no mul-add
 //   contraction), with the noise of sample index step + 1. out may be x.
-// - sampler_final_philox(pred, x, cfg, guided, last_step_size, tokens [m·B, P, C], words? [m·B, P, C/32] int32,
+// - sampler_final(pred, x, cfg, guided, last_step_size, tokens [m·B, P, C], words? [m·B, P, C/32] int32,
 //   sample? [B, P, C] f32): the last Euler step, sign, and the optional packed words (bit c of word w set iff
 //   sample[..., 32·w + c] > 0) and continuous sample, as the Triton `sampler_final`.
 // pred is float32, bfloat16 or float16 (tokens too); everything else float32. Guided: rows [conditional...,
@@ -124,7 +124,7 @@ __device__ inline uint64_t aligned_group(const RowKeys& keys, int64_t row, int64
 }
 
 template <bool kVector>
-__global__ void philox_normal_kernel(RowKeys keys, uint32_t sample_index, int64_t rows, int64_t row_size,
+__global__ void keyed_noise_kernel(RowKeys keys, uint32_t sample_index, int64_t rows, int64_t row_size,
                                      int64_t groups, float* __restrict__ out) {
   const int64_t total = rows * groups;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -180,7 +180,7 @@ __device__ inline float step_value(const StepScalars& s, float pred_c, float pre
 // One thread per Philox group. kVector: rows of a multiple of 4 elements and 16-byte aligned x / out (pred aligned
 // to 4 elements), so each thread moves its 4 elements in one load or store per tensor; else element by element.
 template <typename PredT, bool kGuided, bool kVector>
-__global__ void sampler_step_philox_kernel(const PredT* __restrict__ pred, const float* x,
+__global__ void sampler_step_keyed_kernel(const PredT* __restrict__ pred, const float* x,
                                            const float* __restrict__ times, const float* __restrict__ running,
                                            int64_t step, const float* __restrict__ cfg, int64_t cfg_stride,
                                            RowKeys keys, int64_t rows, int64_t row_size, int64_t groups,
@@ -230,7 +230,7 @@ __device__ inline float sign_of(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? 
 // One thread per element; a warp covers 32 consecutive elements, i.e. one packed word when C % 32 == 0. Every lane
 // of a warp runs the same iterations (the loop bound is per block), so the ballot sees the whole warp.
 template <typename PredT, typename TokenT>
-__global__ void sampler_final_philox_kernel(const PredT* __restrict__ pred, const float* __restrict__ x,
+__global__ void sampler_final_kernel(const PredT* __restrict__ pred, const float* __restrict__ x,
                                             const float* __restrict__ cfg, int64_t cfg_stride, bool guided,
                                             float one_minus_t, float step_size, int64_t n, int64_t row_size,
                                             TokenT* __restrict__ tokens, int32_t* __restrict__ words,
@@ -270,7 +270,7 @@ __global__ void sampler_final_philox_kernel(const PredT* __restrict__ pred, cons
 // Four elements per thread (n a multiple of 4; x, sample 16-byte aligned, pred and tokens aligned to 4 elements):
 // 8 consecutive lanes cover one packed word (n a multiple of 32 when packing) and OR their 4-bit pieces together.
 template <typename PredT, typename TokenT>
-__global__ void sampler_final_philox_vec_kernel(const PredT* __restrict__ pred, const float* __restrict__ x,
+__global__ void sampler_final_vec_kernel(const PredT* __restrict__ pred, const float* __restrict__ x,
                                                 const float* __restrict__ cfg, int64_t cfg_stride, bool guided,
                                                 float one_minus_t, float step_size, int64_t n, int64_t row_size,
                                                 TokenT* __restrict__ tokens, int32_t* __restrict__ words,
@@ -427,9 +427,9 @@ unsigned int blocks_for(int64_t threads) {
   return static_cast<unsigned int>(std::clamp<int64_t>((threads + kThreads - 1) / kThreads, 1, kMaxBlocks));
 }
 
-void philox_normal(const at::Tensor& seeds, const at::Tensor& ar_steps, const at::Tensor& rows_in_request,
+void keyed_noise(const at::Tensor& seeds, const at::Tensor& ar_steps, const at::Tensor& rows_in_request,
                    int64_t sample_index, const at::Tensor& out) {
-  constexpr const char* op = "philox_normal";
+  constexpr const char* op = "keyed_noise";
   TORCH_CHECK(out.dim() == 3, op, ": out has shape ", text(out.sizes()), ", expected [B, P, C]");
   check_on(op, "out", out, out);
   check_dtype(op, "out", out, c10::ScalarType::Float);
@@ -443,17 +443,17 @@ void philox_normal(const at::Tensor& seeds, const at::Tensor& ar_steps, const at
   const c10::cuda::CUDAGuard guard(out.device());
   const int64_t groups = groups_per_row(row_size);
   const bool vector = row_size % kElementsPerGroup == 0 && aligned_for_4(out);
-  auto kernel = vector ? philox_normal_kernel<true> : philox_normal_kernel<false>;
+  auto kernel = vector ? keyed_noise_kernel<true> : keyed_noise_kernel<false>;
   kernel<<<blocks_for(rows * groups), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       keys, static_cast<uint32_t>(sample_index), rows, row_size, groups, out.mutable_data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void sampler_step_philox(const at::Tensor& pred, const at::Tensor& x, const at::Tensor& times,
+void sampler_step_keyed(const at::Tensor& pred, const at::Tensor& x, const at::Tensor& times,
                          const at::Tensor& running, int64_t step, const at::Tensor& cfg, bool guided,
                          const at::Tensor& seeds, const at::Tensor& ar_steps, const at::Tensor& rows_in_request,
                          const at::Tensor& out) {
-  constexpr const char* op = "sampler_step_philox";
+  constexpr const char* op = "sampler_step_keyed";
   check_pred_and_x(op, pred, x, guided);
   const int64_t cfg_stride = check_cfg(op, cfg, x);
   TORCH_CHECK(times.dim() == 1 && times.size(0) >= 2, op, ": times has shape ", text(times.sizes()),
@@ -482,10 +482,10 @@ void sampler_step_philox(const at::Tensor& pred, const at::Tensor& x, const at::
   with_float_type(op, "pred", pred.scalar_type(), [&](auto tag) {
     using PredT = decltype(tag);
     const auto* pred_ptr = static_cast<const PredT*>(pred.const_data_ptr());
-    auto kernel = guided ? (vector ? sampler_step_philox_kernel<PredT, true, true>
-                                   : sampler_step_philox_kernel<PredT, true, false>)
-                         : (vector ? sampler_step_philox_kernel<PredT, false, true>
-                                   : sampler_step_philox_kernel<PredT, false, false>);
+    auto kernel = guided ? (vector ? sampler_step_keyed_kernel<PredT, true, true>
+                                   : sampler_step_keyed_kernel<PredT, true, false>)
+                         : (vector ? sampler_step_keyed_kernel<PredT, false, true>
+                                   : sampler_step_keyed_kernel<PredT, false, false>);
     kernel<<<blocks_for(rows * groups), kThreads, 0, stream>>>(
         pred_ptr, x.const_data_ptr<float>(), times.const_data_ptr<float>(), running.const_data_ptr<float>(), step,
         cfg.const_data_ptr<float>(), cfg_stride, keys, rows, row_size, groups, out.mutable_data_ptr<float>());
@@ -493,10 +493,10 @@ void sampler_step_philox(const at::Tensor& pred, const at::Tensor& x, const at::
   });
 }
 
-void sampler_final_philox(const at::Tensor& pred, const at::Tensor& x, const at::Tensor& cfg, bool guided,
+void sampler_final(const at::Tensor& pred, const at::Tensor& x, const at::Tensor& cfg, bool guided,
                           double last_step_size, const at::Tensor& tokens, const std::optional<at::Tensor>& words,
                           const std::optional<at::Tensor>& sample) {
-  constexpr const char* op = "sampler_final_philox";
+  constexpr const char* op = "sampler_final";
   check_pred_and_x(op, pred, x, guided);
   const int64_t cfg_stride = check_cfg(op, cfg, x);
   TORCH_CHECK(last_step_size > 0.0 && last_step_size <= 1.0, op, ": last_step_size is ", text(last_step_size),
@@ -533,8 +533,8 @@ void sampler_final_philox(const at::Tensor& pred, const at::Tensor& x, const at:
     using PredT = decltype(pred_tag);
     with_float_type(op, "tokens", tokens.scalar_type(), [&](auto token_tag) {
       using TokenT = decltype(token_tag);
-      auto kernel = vector ? sampler_final_philox_vec_kernel<PredT, TokenT>
-                           : sampler_final_philox_kernel<PredT, TokenT>;
+      auto kernel = vector ? sampler_final_vec_kernel<PredT, TokenT>
+                           : sampler_final_kernel<PredT, TokenT>;
       kernel<<<blocks_for(vector ? n / 4 : n), kThreads, 0, stream>>>(
           static_cast<const PredT*>(pred.const_data_ptr()), x.const_data_ptr<float>(), cfg.const_data_ptr<float>(),
           cfg_stride, guided, one_minus_t, step_size, n, x.size(1) * channels,
@@ -548,16 +548,16 @@ void sampler_final_philox(const at::Tensor& pred, const at::Tensor& x, const at:
 }  // namespace bitdance_rt
 
 TORCH_LIBRARY_FRAGMENT(bitdance_rt, m) {
-  m.def("philox_normal(Tensor seeds, Tensor ar_steps, Tensor rows_in_request, int sample_index, "
+  m.def("keyed_noise(Tensor seeds, Tensor ar_steps, Tensor rows_in_request, int sample_index, "
         "Tensor(a!) out) -> ()");
-  m.def("sampler_step_philox(Tensor pred, Tensor x, Tensor times, Tensor running, int step, Tensor cfg, "
+  m.def("sampler_step_keyed(Tensor pred, Tensor x, Tensor times, Tensor running, int step, Tensor cfg, "
         "bool guided, Tensor seeds, Tensor ar_steps, Tensor rows_in_request, Tensor(a!) out) -> ()");
-  m.def("sampler_final_philox(Tensor pred, Tensor x, Tensor cfg, bool guided, float last_step_size, "
+  m.def("sampler_final(Tensor pred, Tensor x, Tensor cfg, bool guided, float last_step_size, "
         "Tensor(a!) tokens, Tensor(b!)? words, Tensor(c!)? sample) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(bitdance_rt, CUDA, m) {
-  m.impl("philox_normal", &bitdance_rt::philox_normal);
-  m.impl("sampler_step_philox", &bitdance_rt::sampler_step_philox);
-  m.impl("sampler_final_philox", &bitdance_rt::sampler_final_philox);
+  m.impl("keyed_noise", &bitdance_rt::keyed_noise);
+  m.impl("sampler_step_keyed", &bitdance_rt::sampler_step_keyed);
+  m.impl("sampler_final", &bitdance_rt::sampler_final);
 }

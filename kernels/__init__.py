@@ -6,7 +6,7 @@ in ``bitdance_rt.reference`` it must equal (tests/kernels compare them on random
 | module | computes | reference |
 |---|---|---|
 | ``block_attention`` | block-causal attention over a static KV cache: decode (P queries of a new block vs the cache plus the block, per-row device lengths, GQA packed into M, optional key splits) and prefill (causal prefix, then blocks of P, ragged rows) | ``reference.attention.masked_attention`` |
-| ``kv_append`` | q/k per-head RMSNorm + rotate-half RoPE (T2I) or interleaved 2-D RoPE (class-conditional), K/V written into the cache at each row's length, q returned in attention layout | ``reference.pre_attention`` |
+| ``pre_attention`` | q/k per-head RMSNorm + rotate-half RoPE (T2I) or interleaved 2-D RoPE (class-conditional), K/V written into the cache at each row's length, q returned in attention layout | ``reference.pre_attention`` |
 | ``rmsnorm_residual`` | residual add + RMSNorm (HF or torch rounding) in one pass | ``reference.pre_attention.rmsnorm_residual_reference`` |
 | ``layernorm_modulate`` | LayerNorm + adaLN ``x·(1+scale)+shift`` | ``reference.head_ops.layernorm_modulate_ref`` |
 | ``gated_residual`` | ``x + h·gate`` | ``reference.head_ops.gated_residual_ref`` |
@@ -18,7 +18,7 @@ in ``bitdance_rt.reference`` it must equal (tests/kernels compare them on random
 | ``fp8_gemm`` | W8A8 e4m3 GEMM: per-token or 1×128-group activation scales × per-channel or 128×128-block weight scales, float32 accumulation, optional split-K | ``quantization.reference_linear.fp8_gemm_reference`` |
 | ``fp8_activation_quant`` | activations to e4m3 codes with a scale per token or per 1×128 group | ``quantization.reference_linear.fp8_activation_quant_reference`` |
 
-Helpers: ``_checks`` (argument checks), ``_tiles`` (row tiles), ``_gemm_tiles`` (tiles and split-K of the 8-bit GEMMs),
+Helpers: ``_tiles`` (row tiles), ``_gemm_tiles`` (tiles and split-K of the 8-bit GEMMs),
 ``_split_k`` (their deterministic split-K sum).
 
 Importing this package imports nothing; import the module you need (it imports Triton).

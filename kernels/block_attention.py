@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bitdance_rt.kernels._checks import check_tensor
+from bitdance_rt.ops.argument_checks import check_tensor
 from bitdance_rt.reference.attention import masked_attention
 
 REFERENCE = masked_attention  # with reference.attention.decode_allowed / prefill_allowed as the mask

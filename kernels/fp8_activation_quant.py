@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bitdance_rt.kernels._checks import check_rows, check_tensor
+from bitdance_rt.ops.argument_checks import check_rows, check_tensor
 from bitdance_rt.quantization.formats import BLOCK, FP8_DTYPE, FP8_MAX, SCALE_FLOOR
 from bitdance_rt.quantization.reference_linear import fp8_activation_quant_reference
 

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bitdance_rt.kernels._checks import check_rows, check_tensor
+from bitdance_rt.ops.argument_checks import check_rows, check_tensor
 from bitdance_rt.kernels._gemm_tiles import gemm_tiles
 from bitdance_rt.kernels._split_k import split_k_reduce
 from bitdance_rt.quantization.formats import BLOCK, FP8_DTYPE

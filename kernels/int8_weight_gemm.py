@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bitdance_rt.kernels._checks import check_rows, check_tensor
+from bitdance_rt.ops.argument_checks import check_rows, check_tensor
 from bitdance_rt.kernels._gemm_tiles import gemm_tiles
 from bitdance_rt.kernels._split_k import split_k_reduce
 from bitdance_rt.quantization.reference_linear import int8_weight_gemm_reference

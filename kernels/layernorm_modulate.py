@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bitdance_rt.kernels._checks import check_rows, check_tensor
+from bitdance_rt.ops.argument_checks import check_rows, check_tensor
 from bitdance_rt.kernels._tiles import row_tile
 from bitdance_rt.reference.head_ops import layernorm_modulate_ref
 

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bitdance_rt.kernels._checks import check_tensor
+from bitdance_rt.ops.argument_checks import check_tensor
 from bitdance_rt.reference.head_ops import patch_attention_ref
 
 REFERENCE = patch_attention_ref

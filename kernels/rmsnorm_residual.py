@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bitdance_rt.kernels._checks import check_tensor
+from bitdance_rt.ops.argument_checks import check_tensor
 from bitdance_rt.reference.pre_attention import RMSNORM_STYLES, rmsnorm_residual_reference
 
 REFERENCE = rmsnorm_residual_reference

@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from bitdance_rt.kernels._checks import check_tensor
-from bitdance_rt.kernels.sampler_args import (FinalTokens, cfg_per_row, check_guidance, check_last_step_size,
+from bitdance_rt.ops.argument_checks import check_tensor
+from bitdance_rt.ops.sampler_contract import (FinalTokens, cfg_per_row, check_guidance, check_last_step_size,
                                               check_pred_and_x, check_times, final_outputs, step_output)
 from bitdance_rt.kernels.token_packing import BITS_PER_WORD, pack_tile, sign_of
 from bitdance_rt.reference.sampler import (LAST_STEP_SIZE, MIN_ONE_MINUS_T, final_step_from_prediction,

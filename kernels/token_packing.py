@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bitdance_rt.kernels._checks import check_tensor
+from bitdance_rt.ops.argument_checks import check_tensor
 from bitdance_rt.reference.token_packing import BITS_PER_WORD, pack_signs_ref, unpack_signs_ref
 
 REFERENCE_SIGN = torch.sign

@@ -14,7 +14,7 @@ import torch
 from bitdance_rt.cuda_ops import pre_attention as cuda_pre_attention
 from bitdance_rt.cuda_ops import token_packing as cuda_packing
 from bitdance_rt.errors import UnsupportedDeviceError
-from bitdance_rt.kernels import kv_append, token_packing
+from bitdance_rt.kernels import pre_attention, token_packing
 from bitdance_rt.reference.pre_attention import qk_norm_rope_append_reference
 from bitdance_rt.reference.rope import rotate_half_tables
 from bitdance_rt.reference.token_packing import bit_linear_ref, pack_signs_ref, unpack_signs_ref
@@ -34,7 +34,7 @@ def test_signatures_and_references():
     assert inspect.signature(cuda_packing.pack_signs) == inspect.signature(token_packing.pack_signs)
     assert inspect.signature(cuda_packing.unpack_signs) == inspect.signature(token_packing.unpack_signs)
     assert (inspect.signature(cuda_pre_attention.qk_norm_rope_append)
-            == inspect.signature(kv_append.qk_norm_rope_append))
+            == inspect.signature(pre_attention.qk_norm_rope_append))
     assert cuda_packing.REFERENCE == {"pack_signs": pack_signs_ref, "unpack_signs": unpack_signs_ref,
                                       "bit_linear": bit_linear_ref}
     assert cuda_pre_attention.REFERENCE is qk_norm_rope_append_reference

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from bitdance_rt.kernels._checks import check_tensor
+from bitdance_rt.ops.argument_checks import check_tensor
 from bitdance_rt.reference.pre_attention import qk_norm_rope_append_reference
 from bitdance_rt.cuda_ops._extension import operator
 

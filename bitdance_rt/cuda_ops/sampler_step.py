@@ -1,12 +1,12 @@
 """The sampler step on the CUDA extension (``csrc/sampler_step.cu``), its Gaussian noise made in the kernel.
 
-- ``philox_normal(seeds, ar_steps, rows_in_request, sample_index, patch, channels)`` -> ``[B, P, C]`` float32:
+- ``keyed_noise(seeds, ar_steps, rows_in_request, sample_index, patch, channels)`` -> ``[B, P, C]`` float32:
   the keyed normals of ``reference.philox_noise.keyed_normal`` (its docstring defines them), within a few
   float32 ulp of that float64 reference.
-- ``sampler_step_philox(pred, x, times, running, step, cfg, guided, seeds, ar_steps, rows_in_request)`` ->
+- ``sampler_step_keyed(pred, x, times, running, step, cfg, guided, seeds, ar_steps, rows_in_request)`` ->
   ``[B, P, C]``: the Triton ``sampler_step`` (same op order, bitwise the same given the same noise) with the noise
   of sample index ``step + 1`` generated in the kernel; no noise tensor is read.
-- ``sampler_final_philox`` (also exported as ``sampler_final``): the Triton ``sampler_final``'s signature and
+- ``sampler_final`` (also exported as ``sampler_final``): the Triton ``sampler_final``'s signature and
   results (tokens, packed words, sample) in one launch.
 
 Shapes: pred ``[m·B, P, C]`` float32 / bfloat16 / float16 (m = 2 when guided: conditional rows first); x ``[B, P,
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from bitdance_rt.kernels._checks import check_tensor
-from bitdance_rt.kernels.sampler_args import (FinalTokens, check_guidance, check_last_step_size, check_pred_and_x,
+from bitdance_rt.ops.argument_checks import check_tensor
+from bitdance_rt.ops.sampler_contract import (FinalTokens, check_guidance, check_last_step_size, check_pred_and_x,
                                               check_times, final_outputs, step_output)
 from bitdance_rt.reference.philox_noise import keyed_normal
 from bitdance_rt.reference.sampler import LAST_STEP_SIZE, final_step_from_prediction, step_from_prediction
@@ -32,16 +32,16 @@ REFERENCE_FINAL = final_step_from_prediction
 MAX_SAMPLE_INDEX = 2 ** 32 - 1  # the sample index is one 32-bit word of the Philox counter
 
 
-def sampler_step_philox_reference(pred: torch.Tensor, x: torch.Tensor, times: torch.Tensor, running: torch.Tensor,
+def sampler_step_keyed_reference(pred: torch.Tensor, x: torch.Tensor, times: torch.Tensor, running: torch.Tensor,
                                   step: int, cfg: float | torch.Tensor, guided: bool, seeds: torch.Tensor,
                                   ar_steps: torch.Tensor, rows_in_request: torch.Tensor) -> torch.Tensor:
-    """What ``sampler_step_philox`` computes, in PyTorch: ``step_from_prediction`` with the keyed noise of sample
+    """What ``sampler_step_keyed`` computes, in PyTorch: ``step_from_prediction`` with the keyed noise of sample
     index ``step + 1`` (equal up to the few-ulp difference of the float32 noise)."""
     noise = keyed_normal(seeds, ar_steps, rows_in_request, step + 1, x.shape[1], x.shape[2]).to(x.device)
     return step_from_prediction(pred, x, running[step], times[step + 1] - times[step], noise, cfg, guided)
 
 
-REFERENCE = sampler_step_philox_reference
+REFERENCE = sampler_step_keyed_reference
 
 
 def _check_keys(op: str, seeds: torch.Tensor, ar_steps: torch.Tensor, rows_in_request: torch.Tensor,
@@ -57,12 +57,12 @@ def _operator(op: str, device: torch.device):
     return operator(op, device, "sampler_step", "sampler_step.cu")
 
 
-def philox_normal(seeds: torch.Tensor, ar_steps: torch.Tensor, rows_in_request: torch.Tensor, sample_index: int,
+def keyed_noise(seeds: torch.Tensor, ar_steps: torch.Tensor, rows_in_request: torch.Tensor, sample_index: int,
                   patch: int, channels: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Keyed standard normals ``[B, P, C]`` float32 of sample ``sample_index`` (0: the start sample, ``s + 1``:
     the noise of sampling step ``s``) for rows keyed by ``seeds [B]`` int64, ``ar_steps [B]`` and
     ``rows_in_request [B]`` int32 (CUDA tensors); into ``out`` when given."""
-    op = "philox_normal"
+    op = "keyed_noise"
     if not isinstance(seeds, torch.Tensor):
         raise TypeError(f"{op}: seeds must be a torch.Tensor, got {type(seeds).__name__}")
     _check_keys(op, seeds, ar_steps, rows_in_request, None, seeds.device)
@@ -82,14 +82,14 @@ def philox_normal(seeds: torch.Tensor, ar_steps: torch.Tensor, rows_in_request: 
     return out
 
 
-def sampler_step_philox(pred: torch.Tensor, x: torch.Tensor, times: torch.Tensor, running: torch.Tensor, step: int,
+def sampler_step_keyed(pred: torch.Tensor, x: torch.Tensor, times: torch.Tensor, running: torch.Tensor, step: int,
                         cfg: float | torch.Tensor, guided: bool, seeds: torch.Tensor, ar_steps: torch.Tensor,
                         rows_in_request: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """One Euler–Maruyama step with in-kernel noise; returns the new x ``[B, P, C]`` float32 (in ``out`` when
-    given; ``out`` may be ``x``). As the Triton ``sampler_step`` with ``noise = philox_normal(seeds, ar_steps,
+    given; ``out`` may be ``x``). As the Triton ``sampler_step`` with ``noise = keyed_noise(seeds, ar_steps,
     rows_in_request, step + 1, P, C)``; ``t = running[step]``, ``dt = times[step + 1] − times[step]`` read on the
     device; cfg one scale or one per row."""
-    op = "sampler_step_philox"
+    op = "sampler_step_keyed"
     check_pred_and_x(op, pred, x, guided)
     cfg = check_guidance(op, cfg, guided, x)
     check_times(op, times, running, step, x)
@@ -100,7 +100,7 @@ def sampler_step_philox(pred: torch.Tensor, x: torch.Tensor, times: torch.Tensor
     return out
 
 
-def sampler_final_philox(pred: torch.Tensor, x: torch.Tensor, cfg: float | torch.Tensor, guided: bool,
+def sampler_final(pred: torch.Tensor, x: torch.Tensor, cfg: float | torch.Tensor, guided: bool,
                          last_step_size: float = LAST_STEP_SIZE, tokens_out: torch.Tensor | None = None,
                          packed_out: torch.Tensor | None = None, *, tokens_dtype: torch.dtype | None = None,
                          pack: bool = False, sample_out: torch.Tensor | None = None,
@@ -109,7 +109,7 @@ def sampler_final_philox(pred: torch.Tensor, x: torch.Tensor, cfg: float | torch
     Triton ``sampler_final``'s arguments and results: tokens ``[m·B, P, C]`` in ``tokens_dtype`` (default pred's),
     packed int32 words ``[m·B, P, C / 32]`` with ``pack`` or a ``packed_out``, the float32 sample ``[B, P, C]``
     with ``keep_sample`` or a ``sample_out``."""
-    op = "sampler_final_philox"
+    op = "sampler_final"
     check_pred_and_x(op, pred, x, guided)
     cfg = check_guidance(op, cfg, guided, x)
     check_last_step_size(op, last_step_size)
@@ -119,4 +119,4 @@ def sampler_final_philox(pred: torch.Tensor, x: torch.Tensor, cfg: float | torch
     return result
 
 
-sampler_final = sampler_final_philox  # the engine's operation name (ops/dispatch.py looks functions up by it)
+sampler_final = sampler_final  # the engine's operation name (ops/dispatch.py looks functions up by it)

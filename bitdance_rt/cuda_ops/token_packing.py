@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from bitdance_rt.kernels._checks import check_tensor
+from bitdance_rt.ops.argument_checks import check_tensor
 from bitdance_rt.reference.token_packing import BITS_PER_WORD, bit_linear_ref, pack_signs_ref, unpack_signs_ref
 from bitdance_rt.cuda_ops._extension import operator
 

@@ -22,7 +22,7 @@ CHAINS = {"cuda": ("cuda", "triton", "torch"), "triton": ("triton", "torch"), "t
 # operation -> module of each provider that has it (bitdance_rt.<module>), same function name in each
 _TRITON = {
     "block_attention_decode": "kernels.block_attention", "block_attention_prefill": "kernels.block_attention",
-    "qk_norm_rope_append": "kernels.kv_append", "rope_append_interleaved": "kernels.kv_append",
+    "qk_norm_rope_append": "kernels.pre_attention", "rope_append_interleaved": "kernels.pre_attention",
     "rmsnorm_residual": "kernels.rmsnorm_residual", "layernorm_modulate": "kernels.layernorm_modulate",
     "gated_residual": "kernels.gated_residual", "swiglu": "kernels.swiglu",
     "patch_attention": "kernels.patch_attention", "sampler_step": "kernels.sampler_step",
@@ -37,9 +37,9 @@ _TRITON = {
 # 3.0 (torch.randn; at 256x4096 tokens, far above the released shapes, 98.7 vs 81.9); final step 2.6 vs 2.0; pre-attention decode P=64 5.1 vs 3.6; pack 26.0 vs 25.4; bit_linear
 # (128 rows) 9.9 vs 5.8 for unpack + F.linear.
 _CUDA = {
-    "sampler_step_keyed": ("cuda_ops.sampler_step", "sampler_step_philox", True),
-    "keyed_noise": ("cuda_ops.sampler_step", "philox_normal", True),
-    "sampler_final": ("cuda_ops.sampler_step", "sampler_final_philox", False),
+    "sampler_step_keyed": ("cuda_ops.sampler_step", "sampler_step_keyed", True),
+    "keyed_noise": ("cuda_ops.sampler_step", "keyed_noise", True),
+    "sampler_final": ("cuda_ops.sampler_step", "sampler_final", False),
     "qk_norm_rope_append": ("cuda_ops.pre_attention", "qk_norm_rope_append", False),
     "pack_signs": ("cuda_ops.token_packing", "pack_signs", False),
     "unpack_signs": ("cuda_ops.token_packing", "unpack_signs", False),

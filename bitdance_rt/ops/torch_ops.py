@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.sampler_args import FinalTokens  # plain torch: no Triton import
+from .sampler_contract import FinalTokens  # plain torch: no Triton import
 from ..reference.attention import decode_allowed, masked_attention, prefill_allowed
 from ..reference.head_ops import gated_residual_ref, layernorm_modulate_ref, patch_attention_ref, swiglu_ref
 from ..reference.philox_noise import keyed_normal

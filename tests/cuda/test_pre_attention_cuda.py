@@ -1,12 +1,12 @@
 """The CUDA extension's fused pre-attention ``qk_norm_rope_append`` (``bitdance_rt.cuda_ops.pre_attention``) against
-the float64 PyTorch reference and the Triton kernel (``kernels/kv_append.py``), CUDA device only.
+the float64 PyTorch reference and the Triton kernel (``kernels/pre_attention.py``), CUDA device only.
 
 Every case: q, k, v as strided views of one fused qkv projection ``[B, T, (Hq + 2·Hkv)·D]`` (as the engine passes
 them) or contiguous tensors, ragged per-row lengths, caches of random garbage except the rows the launch must
 write, which are NaN; q_out NaN-poisoned. After the launch: q and the written K rows within tolerance of the
 reference, V rows equal to v bit for bit, every other cache element bit-identical to its garbage (the kernel
 writes exactly ``[lengths[b], lengths[b] + T)``); the same against the Triton kernel on copies of the inputs.
-Tolerances are those of tests/kernels/test_kv_append.py: relative error ``||out − ref|| / ||ref||`` below 1e-5
+Tolerances are those of tests/kernels/test_pre_attention.py: relative error ``||out − ref|| / ||ref||`` below 1e-5
 in float32 and 1e-2 in bfloat16 (also used for float16), and in bfloat16 at least 99% of the elements equal to the
 bf16 reference (which mirrors the kernel's roundings) bit for bit.
 """
@@ -25,7 +25,7 @@ from kernel_testing import assert_close, poisoned  # noqa: E402
 from pre_attention_cases import Case, f64, garbage_caches  # noqa: E402
 
 from bitdance_rt.cuda_ops import pre_attention as cuda_pre_attention  # noqa: E402
-from bitdance_rt.kernels import kv_append as triton_pre_attention  # noqa: E402
+from bitdance_rt.kernels import pre_attention as triton_pre_attention  # noqa: E402
 from bitdance_rt.reference.pre_attention import qk_norm_rope_append_reference  # noqa: E402
 from bitdance_rt.reference.rope import rotate_half_tables  # noqa: E402
 

@@ -1,14 +1,14 @@
 """The CUDA sampler operators (``csrc/sampler_step.cu``) against the PyTorch references and the Triton kernels.
 
-- ``philox_normal`` vs ``reference.philox_noise.keyed_normal`` (float64 Box–Muller rounded once): elementwise
+- ``keyed_noise`` vs ``reference.philox_noise.keyed_normal`` (float64 Box–Muller rounded once): elementwise
   ``|got − ref| <= 1e-6·|ref| + 1e-9`` (1e-6 is about 8 float32 ulp; logf, sincospif and the products are each
   within 1 ulp; the 1e-9 covers the zero crossings of cos/sin, where float64's rounded 2π differs from
   sincospif's exact angle), and at least half of the elements bitwise equal.
-- ``sampler_step_philox`` bitwise the Triton ``sampler_step`` and the torch float32 reference on CUDA, both fed the
-  kernel's own noise (``philox_normal`` of sample ``step + 1``: the same device function); within 1e-6 of the
+- ``sampler_step_keyed`` bitwise the Triton ``sampler_step`` and the torch float32 reference on CUDA, both fed the
+  kernel's own noise (``keyed_noise`` of sample ``step + 1``: the same device function); within 1e-6 of the
   torch reference fed the float64 reference noise; within the Triton tests' tolerance (1e-5 float32, 1e-2 bf16) of
   float64 formulas.
-- ``sampler_final_philox``: tokens, packed words and sample bitwise the Triton ``sampler_final``.
+- ``sampler_final``: tokens, packed words and sample bitwise the Triton ``sampler_final``.
 - Per-row guidance scales, rows moved to other batch positions (a request's noise follows its keys), in-place
   update, capture and replay in a CUDA graph, the statistics of a million in-kernel draws (the CPU test's bounds:
   5 standard errors, KS and chi-square p > 1e-4), and the host-side argument checks.
@@ -50,8 +50,8 @@ def extension():
     """Build/load the extension once; on a CUDA machine a failed build is a failure, not a skip."""
     if not cuda_ext.load_extension():
         pytest.fail(f"the CUDA extension did not load: {cuda_ext.status()}")
-    if not cuda_ext.has_op("sampler_step_philox"):
-        pytest.fail("the CUDA extension has no sampler_step_philox: csrc/sampler_step.cu was not built")
+    if not cuda_ext.has_op("sampler_step_keyed"):
+        pytest.fail("the CUDA extension has no sampler_step_keyed: csrc/sampler_step.cu was not built")
 
 
 def cuda_ops():
@@ -101,18 +101,18 @@ def assert_noise_close(got: torch.Tensor, ref: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("batch,patch,channels", [(37, 16, 32), (5, 3, 5), (3, 1, 1), (2, 64, 32)])
 @pytest.mark.parametrize("sample_index", [0, 1, 50, 2 ** 32 - 1])
-def test_philox_normal_matches_reference(batch, patch, channels, sample_index):
+def test_keyed_noise_matches_reference(batch, patch, channels, sample_index):
     keys = random_keys(batch, seed=batch * 7 + patch)
     out = poisoned(batch, patch, channels, device="cuda")
-    got = cuda_ops().philox_normal(*keys, sample_index, patch, channels, out=out)
+    got = cuda_ops().keyed_noise(*keys, sample_index, patch, channels, out=out)
     assert got.data_ptr() == out.data_ptr()
     assert_noise_close(got, keyed_normal(*(k.cpu() for k in keys), sample_index, patch, channels))
 
 
-def test_philox_normal_on_gpu_reference_and_allocation():
+def test_keyed_noise_on_gpu_reference_and_allocation():
     """The reference run on the GPU gives the same float32 noise as on the CPU; the launcher allocates ``out``."""
     keys = random_keys(16, seed=3)
-    got = cuda_ops().philox_normal(*keys, 2, 8, 32)
+    got = cuda_ops().keyed_noise(*keys, 2, 8, 32)
     ref_gpu = keyed_normal(*keys, 2, 8, 32)
     assert ref_gpu.is_cuda and torch.equal(ref_gpu.cpu(), keyed_normal(*(k.cpu() for k in keys), 2, 8, 32))
     assert_noise_close(got, ref_gpu)
@@ -129,15 +129,15 @@ def test_step_matches_triton_and_reference(dtype, guided, cfg_kind, batch, patch
     cfg = guidance(cfg_kind, batch, seed=12)
     times = step_times(num_steps, 3.0 if num_steps == 7 else 1.0, "cuda")
     running = running_times(times)
-    out = cuda_ops().sampler_step_philox(pred, x, times, running, step, cfg, guided, *keys,
+    out = cuda_ops().sampler_step_keyed(pred, x, times, running, step, cfg, guided, *keys,
                                          out=poisoned(batch, patch, channels, device="cuda"))
-    kernel_noise = cuda_ops().philox_normal(*keys, step + 1, patch, channels)
+    kernel_noise = cuda_ops().keyed_noise(*keys, step + 1, patch, channels)
     triton = triton_ops().sampler_step(pred, x, kernel_noise, times, running, step, cfg, guided)
     assert torch.equal(out, triton), f"{(out != triton).sum().item()} elements differ from the Triton step"
     dt32 = times[step + 1] - times[step]
     reference = step_from_prediction(pred, x, running[step], dt32, kernel_noise, cfg, guided)
     assert torch.equal(out, reference), f"{(out != reference).sum().item()} elements differ from the torch step"
-    assert_close(out, cuda_ops().sampler_step_philox_reference(pred, x, times, running, step, cfg, guided, *keys),
+    assert_close(out, cuda_ops().sampler_step_keyed_reference(pred, x, times, running, step, cfg, guided, *keys),
                  STEP_TOL)
     if cfg_kind != "per_row":
         scale = cfg if isinstance(cfg, float) else cfg.item()
@@ -155,22 +155,22 @@ def test_step_in_place_and_rows_independent_of_neighbours():
     times = step_times(20, 1.0, "cuda")
     running = running_times(times)
     ops = cuda_ops()
-    expected = ops.sampler_step_philox(pred, x, times, running, 4, cfg, True, *keys)
+    expected = ops.sampler_step_keyed(pred, x, times, running, 4, cfg, True, *keys)
     x_copy = x.clone()
-    assert ops.sampler_step_philox(pred, x_copy, times, running, 4, cfg, True, *keys, out=x_copy).data_ptr() == \
+    assert ops.sampler_step_keyed(pred, x_copy, times, running, 4, cfg, True, *keys, out=x_copy).data_ptr() == \
         x_copy.data_ptr()
     assert torch.equal(x_copy, expected)
     perm = torch.randperm(batch, generator=torch.Generator().manual_seed(23)).cuda()
     pred_perm = torch.cat([pred[:batch][perm], pred[batch:][perm]])
-    moved = ops.sampler_step_philox(pred_perm, x[perm], times, running, 4, cfg[perm], True,
+    moved = ops.sampler_step_keyed(pred_perm, x[perm], times, running, 4, cfg[perm], True,
                                     *(k[perm] for k in keys))
     assert torch.equal(moved, expected[perm])
     rows = torch.tensor([2, 7], device="cuda")
-    alone = ops.sampler_step_philox(torch.cat([pred[rows], pred[batch + rows]]), x[rows], times, running, 4,
+    alone = ops.sampler_step_keyed(torch.cat([pred[rows], pred[batch + rows]]), x[rows], times, running, 4,
                                     cfg[rows], True, *(k[rows] for k in keys))
     assert torch.equal(alone, expected[rows])
-    noise = ops.philox_normal(*keys, 5, patch, channels)
-    assert torch.equal(ops.philox_normal(*(k[perm] for k in keys), 5, patch, channels), noise[perm])
+    noise = ops.keyed_noise(*keys, 5, patch, channels)
+    assert torch.equal(ops.keyed_noise(*(k[perm] for k in keys), 5, patch, channels), noise[perm])
 
 
 @pytest.mark.parametrize("dtype", PRED_DTYPES)
@@ -186,7 +186,7 @@ def test_final_matches_triton(dtype, guided, cfg_kind, patch, channels, pack):
     cfg = guidance(cfg_kind, batch, seed=41)
     rows = pred.shape[0]
     for tokens_dtype in (dtype, torch.float32):
-        got = cuda_ops().sampler_final_philox(
+        got = cuda_ops().sampler_final(
             pred, x, cfg, guided, tokens_out=poisoned(rows, patch, channels, dtype=tokens_dtype, device="cuda"),
             packed_out=poisoned(rows, patch, channels // 32, dtype=torch.int32, device="cuda") if pack else None,
             sample_out=poisoned(batch, patch, channels, device="cuda"))
@@ -220,10 +220,10 @@ def test_unaligned_tensors_take_the_element_path():
     cfg = guidance("per_row", batch, seed=52)
     times = step_times(8, 1.0, "cuda")
     running = running_times(times)
-    noise = ops.philox_normal(*keys, 3, patch, channels)
-    assert torch.equal(ops.philox_normal(*keys, 3, patch, channels, out=offset_copy(poisoned(*x.shape))), noise)
-    step = ops.sampler_step_philox(pred, x, times, running, 2, cfg, True, *keys)
-    moved = ops.sampler_step_philox(offset_copy(pred), offset_copy(x), times, running, 2, cfg, True, *keys,
+    noise = ops.keyed_noise(*keys, 3, patch, channels)
+    assert torch.equal(ops.keyed_noise(*keys, 3, patch, channels, out=offset_copy(poisoned(*x.shape))), noise)
+    step = ops.sampler_step_keyed(pred, x, times, running, 2, cfg, True, *keys)
+    moved = ops.sampler_step_keyed(offset_copy(pred), offset_copy(x), times, running, 2, cfg, True, *keys,
                                     out=offset_copy(poisoned(*x.shape)))
     assert torch.equal(moved, step)
     final = ops.sampler_final(pred, x, cfg, True, pack=True, keep_sample=True)
@@ -269,14 +269,14 @@ def test_graph_capture_and_replay():
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm up (loads the extension's kernels) off the capture
-        ops.philox_normal(*keys, 0, patch, channels, out=start)
-        ops.sampler_step_philox(pred, x, times, running, 3, cfg, True, *keys, out=new_x)
+        ops.keyed_noise(*keys, 0, patch, channels, out=start)
+        ops.sampler_step_keyed(pred, x, times, running, 3, cfg, True, *keys, out=new_x)
         ops.sampler_final(pred, new_x, cfg, True, tokens_out=tokens, packed_out=words)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        ops.philox_normal(*keys, 0, patch, channels, out=start)
-        ops.sampler_step_philox(pred, x, times, running, 3, cfg, True, *keys, out=new_x)
+        ops.keyed_noise(*keys, 0, patch, channels, out=start)
+        ops.sampler_step_keyed(pred, x, times, running, 3, cfg, True, *keys, out=new_x)
         ops.sampler_final(pred, new_x, cfg, True, tokens_out=tokens, packed_out=words)
     for round_seed in (73, 74):
         for static, fresh in zip(keys, random_keys(batch, seed=round_seed)):
@@ -287,8 +287,8 @@ def test_graph_capture_and_replay():
             buffer.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(start, ops.philox_normal(*keys, 0, patch, channels))
-        eager = ops.sampler_step_philox(pred, x, times, running, 3, cfg, True, *keys)
+        assert torch.equal(start, ops.keyed_noise(*keys, 0, patch, channels))
+        eager = ops.sampler_step_keyed(pred, x, times, running, 3, cfg, True, *keys)
         assert torch.equal(new_x, eager)
         final = ops.sampler_final(pred, eager, cfg, True, pack=True)
         assert torch.equal(tokens, final.tokens) and torch.equal(words, final.packed)
@@ -298,12 +298,12 @@ def test_noise_statistics_of_a_million_draws():
     """In-kernel noise over random keys (1024 rows x 16 x 64 = 2^20 draws): mean and variance within 5 standard
     errors, KS and chi-square against N(0, 1) not rejected at p < 1e-4, neighbouring sample indices uncorrelated."""
     keys = random_keys(1024, seed=80, max_rows=64)
-    z = cuda_ops().philox_normal(*keys, 9, 16, 64).reshape(-1).double().cpu()
+    z = cuda_ops().keyed_noise(*keys, 9, 16, 64).reshape(-1).double().cpu()
     n = z.numel()
     assert abs(z.mean().item()) < SIGMAS / math.sqrt(n)
     assert abs(z.var().item() - 1.0) < SIGMAS * math.sqrt(2.0 / n)
     assert ks_p_value(z) > P_REJECT and chi_square_p_value(z) > P_REJECT
-    nxt = cuda_ops().philox_normal(*keys, 10, 16, 64).reshape(-1).double().cpu()
+    nxt = cuda_ops().keyed_noise(*keys, 10, 16, 64).reshape(-1).double().cpu()
     assert abs(torch.corrcoef(torch.stack([z, nxt]))[0, 1].item()) < SIGMAS / math.sqrt(n)
 
 
@@ -313,21 +313,21 @@ def test_launcher_errors_on_cuda():
     keys = random_keys(2, seed=91)
     times = step_times(5, 1.0, "cuda")
     running = running_times(times)
-    with pytest.raises(ValueError, match=r"sampler_step_philox: seeds has dtype torch.int32, expected torch.int64"):
-        ops.sampler_step_philox(pred, x, times, running, 0, 2.0, True, keys[0].int(), *keys[1:])
-    with pytest.raises(ValueError, match=r"sampler_step_philox: ar_steps has shape \[3\], expected \[2\]"):
-        ops.sampler_step_philox(pred, x, times, running, 0, 2.0, True, keys[0], torch.zeros(3, dtype=torch.int32,
+    with pytest.raises(ValueError, match=r"sampler_step_keyed: seeds has dtype torch.int32, expected torch.int64"):
+        ops.sampler_step_keyed(pred, x, times, running, 0, 2.0, True, keys[0].int(), *keys[1:])
+    with pytest.raises(ValueError, match=r"sampler_step_keyed: ar_steps has shape \[3\], expected \[2\]"):
+        ops.sampler_step_keyed(pred, x, times, running, 0, 2.0, True, keys[0], torch.zeros(3, dtype=torch.int32,
                                 device="cuda"), keys[2])
-    with pytest.raises(ValueError, match="sampler_step_philox: rows_in_request is on cpu"):
-        ops.sampler_step_philox(pred, x, times, running, 0, 2.0, True, *keys[:2], keys[2].cpu())
-    with pytest.raises(ValueError, match=r"sampler_step_philox: step is 5, expected a Python int in \[0, 5\)"):
-        ops.sampler_step_philox(pred, x, times, running, 5, 2.0, True, *keys)
-    with pytest.raises(ValueError, match=r"sampler_step_philox: cfg has shape \[3\], expected \[1\]"):
-        ops.sampler_step_philox(pred, x, times, running, 0, torch.ones(3, device="cuda"), True, *keys)
-    with pytest.raises(ValueError, match=r"philox_normal: out has shape \[2, 4, 32\], expected \[2, 4, 16\]"):
-        ops.philox_normal(*keys, 0, 4, 16, out=torch.empty(2, 4, 32, device="cuda"))
-    with pytest.raises(ValueError, match="sampler_final_philox: packing needs a channel count"):
-        ops.sampler_final_philox(*step_inputs(2, 4, 48, True, torch.float32, seed=92), 2.0, True, pack=True)
+    with pytest.raises(ValueError, match="sampler_step_keyed: rows_in_request is on cpu"):
+        ops.sampler_step_keyed(pred, x, times, running, 0, 2.0, True, *keys[:2], keys[2].cpu())
+    with pytest.raises(ValueError, match=r"sampler_step_keyed: step is 5, expected a Python int in \[0, 5\)"):
+        ops.sampler_step_keyed(pred, x, times, running, 5, 2.0, True, *keys)
+    with pytest.raises(ValueError, match=r"sampler_step_keyed: cfg has shape \[3\], expected \[1\]"):
+        ops.sampler_step_keyed(pred, x, times, running, 0, torch.ones(3, device="cuda"), True, *keys)
+    with pytest.raises(ValueError, match=r"keyed_noise: out has shape \[2, 4, 32\], expected \[2, 4, 16\]"):
+        ops.keyed_noise(*keys, 0, 4, 16, out=torch.empty(2, 4, 32, device="cuda"))
+    with pytest.raises(ValueError, match="sampler_final: packing needs a channel count"):
+        ops.sampler_final(*step_inputs(2, 4, 48, True, torch.float32, seed=92), 2.0, True, pack=True)
 
 
 def test_operator_checks_without_the_launcher():
@@ -339,17 +339,17 @@ def test_operator_checks_without_the_launcher():
     running = running_times(times)
     cfg = torch.ones(1, device="cuda")
     out = torch.empty_like(x)
-    with pytest.raises(RuntimeError, match="philox_normal: seeds has dtype Int, expected Long"):
-        op.philox_normal(keys[0].int(), keys[1], keys[2], 0, out)
-    with pytest.raises(RuntimeError, match="philox_normal: sample_index is -1"):
-        op.philox_normal(*keys, -1, out)
-    with pytest.raises(RuntimeError, match=r"sampler_step_philox: pred has shape \[4, 4, 32\], expected \[2, 4, 32\]"):
-        op.sampler_step_philox(pred, x, times, running, 0, cfg, False, *keys, out)
-    with pytest.raises(RuntimeError, match=r"sampler_step_philox: step is 7, expected \[0, 5\)"):
-        op.sampler_step_philox(pred, x, times, running, 7, cfg, True, *keys, out)
-    with pytest.raises(RuntimeError, match="sampler_step_philox: x must be contiguous"):
-        op.sampler_step_philox(pred, x.transpose(1, 2).contiguous().transpose(1, 2), times, running, 0, cfg, True,
+    with pytest.raises(RuntimeError, match="keyed_noise: seeds has dtype Int, expected Long"):
+        op.keyed_noise(keys[0].int(), keys[1], keys[2], 0, out)
+    with pytest.raises(RuntimeError, match="keyed_noise: sample_index is -1"):
+        op.keyed_noise(*keys, -1, out)
+    with pytest.raises(RuntimeError, match=r"sampler_step_keyed: pred has shape \[4, 4, 32\], expected \[2, 4, 32\]"):
+        op.sampler_step_keyed(pred, x, times, running, 0, cfg, False, *keys, out)
+    with pytest.raises(RuntimeError, match=r"sampler_step_keyed: step is 7, expected \[0, 5\)"):
+        op.sampler_step_keyed(pred, x, times, running, 7, cfg, True, *keys, out)
+    with pytest.raises(RuntimeError, match="sampler_step_keyed: x must be contiguous"):
+        op.sampler_step_keyed(pred, x.transpose(1, 2).contiguous().transpose(1, 2), times, running, 0, cfg, True,
                                *keys, out)
-    with pytest.raises(RuntimeError, match="sampler_final_philox: words has shape"):
-        op.sampler_final_philox(pred, x, cfg, True, 0.05, torch.empty_like(pred),
+    with pytest.raises(RuntimeError, match="sampler_final: words has shape"):
+        op.sampler_final(pred, x, cfg, True, 0.05, torch.empty_like(pred),
                                 torch.empty(2, 4, 1, dtype=torch.int32, device="cuda"), None)

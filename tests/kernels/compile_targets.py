@@ -91,7 +91,7 @@ def _rmsnorm_c2i_autocast() -> None:
 
 
 def _qk_norm_rope(dtype: torch.dtype) -> None:
-    from bitdance_rt.kernels.kv_append import qk_norm_rope_append
+    from bitdance_rt.kernels.pre_attention import qk_norm_rope_append
     hq, hkv = T2I_HQ, T2I_HKV
     qkv = _empty(T2I_ROWS, T2I_P, hq + 2 * hkv, T2I_D, dtype=dtype)  # the fused q/k/v GEMM's output
     cache = _empty(T2I_ROWS, hkv, T2I_CACHE, T2I_D, dtype=dtype)
@@ -101,7 +101,7 @@ def _qk_norm_rope(dtype: torch.dtype) -> None:
 
 
 def _rope_interleaved(dtype: torch.dtype) -> None:
-    from bitdance_rt.kernels.kv_append import rope_append_interleaved
+    from bitdance_rt.kernels.pre_attention import rope_append_interleaved
     heads = C2I_HEADS
     qkv = _empty(C2I_ROWS, C2I_P, 3 * heads, C2I_D, dtype=dtype)
     cache = _empty(C2I_ROWS, heads, C2I_CACHE, C2I_D, dtype=dtype)
@@ -261,8 +261,8 @@ VARIANTS: tuple[Variant, ...] = (
             ("_rmsnorm_residual_kernel",)),
     Variant("rmsnorm_residual/c2i-torch-autocast-1280/bf16+fp32", _rmsnorm_c2i_autocast,
             ("_rmsnorm_residual_kernel",)),
-    *_both_dtypes("kv_append/qk-norm-rope-half-D128-40q8kv", _qk_norm_rope, ("_pre_attention_kernel",)),
-    *_both_dtypes("kv_append/rope-interleaved-D64-20h", _rope_interleaved, ("_pre_attention_kernel",)),
+    *_both_dtypes("pre_attention/qk-norm-rope-half-D128-40q8kv", _qk_norm_rope, ("_pre_attention_kernel",)),
+    *_both_dtypes("pre_attention/rope-interleaved-D64-20h", _rope_interleaved, ("_pre_attention_kernel",)),
     *_both_dtypes("block_attention/decode-D128-P64", lambda dtype: _decode(dtype, 128, 1), DECODE),
     *_both_dtypes("block_attention/decode-split2-D128-P64", lambda dtype: _decode(dtype, 128, 2), DECODE + MERGE),
     *_both_dtypes("block_attention/decode-D64-P16", lambda dtype: _decode(dtype, 64, 1), DECODE),

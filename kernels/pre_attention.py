@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bitdance_rt.kernels._checks import check_tensor
+from bitdance_rt.ops.argument_checks import check_tensor
 from bitdance_rt.reference.pre_attention import qk_norm_rope_append_reference, rope_append_interleaved_reference
 
 REFERENCE = {"qk_norm_rope_append": qk_norm_rope_append_reference,

@@ -21,7 +21,7 @@ import pytest
 import torch
 from shapes import C2I_PARALLEL, C2I_PREFIX, C2I_ROWS, C2I_SIZES, C2I_TOKENS, T2I_14B, T2I_DECODE
 
-from bitdance_rt.kernels.kv_append import qk_norm_rope_append, rope_append_interleaved
+from bitdance_rt.kernels.pre_attention import qk_norm_rope_append, rope_append_interleaved
 from bitdance_rt.reference.qwen3 import rms_norm_hf
 from bitdance_rt.reference.rope import apply_interleaved, apply_rotate_half, c2i_rope_tables, rotate_half_tables
 

@@ -1,4 +1,5 @@
-"""Argument checks shared by the kernel launchers: every error names the kernel, the argument and what to pass."""
+"""Argument checks shared by every provider's launchers (the Triton kernels in ``kernels/``, the CUDA operators in
+``bitdance_rt/cuda_ops/``): every error names the kernel, the argument and what to pass."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from bitdance_rt.kernels._checks import check_tensor
+from bitdance_rt.ops.argument_checks import check_tensor
 from bitdance_rt.reference.token_packing import BITS_PER_WORD
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # pred and tokens

@@ -17,7 +17,7 @@ from kernel_testing import DEVICE, DTYPES, assert_close, poisoned, randn, tolera
 from pre_attention_cases import Case, f64, garbage_caches
 
 from bitdance_rt.errors import InvalidRequestError
-from bitdance_rt.kernels.kv_append import qk_norm_rope_append, rope_append_interleaved
+from bitdance_rt.kernels.pre_attention import qk_norm_rope_append, rope_append_interleaved
 from bitdance_rt.reference import c2i_backbone
 from bitdance_rt.reference.kv_cache import KVCache
 from bitdance_rt.reference.pre_attention import qk_norm_rope_append_reference, rope_append_interleaved_reference
