@@ -187,7 +187,7 @@ def tiny_server(max_batch: int = 4, preview_every: int = 0) -> Iterator[str]:
     import torch
 
     from bitdance_rt.runtime import Runtime
-    from bitdance_rt.serving.http_server import ImageServer, ServerConfig
+    from bitdance_rt.http.server import ImageServer, ServerConfig
     from bitdance_rt.tiny_models import write_tiny_t2i
 
     with tempfile.TemporaryDirectory(prefix="bitdance-load-") as tmp:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-import bitdance_rt.serving.http_server as http_server
+import bitdance_rt.http.results as http_results
 from http_testing import GENERATIONS, call, decode_png, open_stream, read_events, running_server, tiny_runtime_or_skip
 
 STEPS = 2  # sampling steps per AR step: enough to exercise the head, cheap on the CPU
@@ -20,7 +20,8 @@ STEPS = 2  # sampling steps per AR step: enough to exercise the head, cheap on t
 @pytest.fixture(scope="module")
 def server(t2i64_dir, single_thread):
     runtime = tiny_runtime_or_skip(t2i64_dir)
-    with running_server(runtime, default_size=(512, 512), preview_every=4, preview_max_side=128) as s:
+    with running_server(runtime, default_size=(512, 512), preview_every=4, preview_max_side=128,
+                        preview_budget=1.0) as s:
         yield s
 
 
@@ -44,7 +45,8 @@ def test_generation_returns_a_png_of_the_size(server):
 
 def test_stream_gives_progress_with_previews_then_done(server):
     conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": "a lighthouse", "stream": True, "seed": 1,
-                                                           "num_sampling_steps": STEPS}, timeout=120)
+                                                           "stream_events": "progress", "num_sampling_steps": STEPS},
+                             timeout=120)
     try:
         assert resp.status == 200
         events = read_events(resp)
@@ -75,16 +77,16 @@ def test_delete_cancels_a_running_request(server):
 def test_a_failing_request_does_not_affect_a_concurrent_one(server, monkeypatch):
     """One request's answer fails inside the server (its PNG encoding raises); the other, generated in the same
     worker at the same time, is answered normally."""
-    real = http_server.png_b64
+    real = http_results.encode_b64
     poisoned = []
 
-    def encode(image):
+    def encode(image, *args):
         if not poisoned:
             poisoned.append(True)
             raise RuntimeError("encoder broke for this request")
-        return real(image)
+        return real(image, *args)
 
-    monkeypatch.setattr(http_server, "png_b64", encode)
+    monkeypatch.setattr(http_results, "encode_b64", encode)
     results = {}
 
     def run(name: str, body: dict) -> None:
@@ -112,6 +114,7 @@ def test_shutdown_with_requests_in_flight(t2i64_dir, single_thread):
             server, "POST", GENERATIONS, {"prompt": "x", "num_sampling_steps": 20}, timeout=120)))
         sync.start()
         conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": "y", "stream": True,
+                                                               "stream_events": "progress",
                                                                "num_sampling_steps": 20}, timeout=120)
         _wait(lambda: len(server.jobs.active()) == 2)
         server.shutdown(cancel_active=True, timeout=60)
