@@ -33,6 +33,7 @@ class Job:
         self.finished_at: float | None = None
         self.outcome: str | None = None
         self.cancel_reason: str | None = None
+        self.deadline_s: float | None = None  # seconds from submission after which it is cancelled
         self.error: str | None = None  # the runtime's account of a failure: for the server log, never for clients
         self.ended = asyncio.Event()  # set on the loop when the terminal event arrives there
         self._loop = loop
@@ -92,6 +93,7 @@ class Job:
 
     def set_deadline(self, seconds: float) -> None:
         """Cancel the request (reason ``deadline``) if it has not ended ``seconds`` from now."""
+        self.deadline_s = seconds
         if not self.handle.done:
             self._deadline = self._loop.call_later(seconds, self.cancel, "deadline")
 

@@ -54,8 +54,7 @@ def failure(job: Job) -> ApiError:
                         code="generation_failed")
     reason = job.cancel_reason
     if reason == "deadline":
-        timeout = job.params.timeout
-        limit = f" of {timeout:g} s" if timeout is not None else ""
+        limit = f" of {job.deadline_s:g} s" if job.deadline_s is not None else ""
         return ApiError(504, f"request {job.id} did not finish within its deadline{limit} and was cancelled "
                         f"{where}. Ask for a longer timeout, or retry when the server is less busy.",
                         code="deadline_exceeded")

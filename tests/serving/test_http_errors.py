@@ -305,6 +305,7 @@ def test_stopping_server_refuses_new_work_with_503():
         assert_error(call(server, "POST", GENERATIONS, {"prompt": "x"}), 503, "server_stopping", None, "shutting down")
         health = call(server, "GET", "/healthz")
         assert health.status == 503 and health.json()["status"] == "stopping"
+        assert call(server, "GET", "/health").json() == {"status": "stopping"}
         assert b"bitdance_server_stopping 1" in call(server, "GET", "/metrics").body
         rt.release()  # the active request is finished, not cancelled (cancel_active=False)
         stopper.join(30)

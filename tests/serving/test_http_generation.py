@@ -279,3 +279,52 @@ def test_construction_and_unstarted_shutdown():
     assert server.info["sizes"] == ["256x256"] and server.info["default_size"] == "256x256"
     server.shutdown()  # never started: returns at once
     server.shutdown()
+
+
+def test_a_request_deadline_cancels_it_with_504():
+    rt = FakeRuntime()
+    with running_server(rt, default_size=(512, 512)) as server:
+        rt.hold()
+        start = time.monotonic()
+        resp = call(server, "POST", GENERATIONS, {"prompt": "x", "timeout": 0.5})
+        elapsed = time.monotonic() - start
+        assert resp.status == 504, resp.body
+        err = resp.error()
+        assert err["code"] == "deadline_exceeded" and "deadline of 0.5 s" in err["message"]
+        assert 0.4 < elapsed < 10 and rt.submitted[0].status == "cancelled"
+        conn, stream = open_stream(server, "POST", GENERATIONS, {"prompt": "x", "stream": True, "timeout": 0.3})
+        events = read_events(stream)
+        conn.close()
+        assert [n for n, _ in events] == ["error"] and events[0][1]["error"]["code"] == "deadline_exceeded"
+        text = call(server, "GET", "/metrics").body.decode()
+        assert _metric(text, 'bitdance_generations_total{outcome="expired"}') == 2
+        assert _metric(text, 'bitdance_generations_total{outcome="cancelled"}') == 0
+
+
+def test_the_server_default_deadline_and_a_shorter_own_one():
+    rt = FakeRuntime()
+    with running_server(rt, default_size=(512, 512), request_timeout_s=0.6) as server:
+        rt.hold()
+        assert call(server, "GET", "/healthz").json()["request_timeout"] == 0.6
+        longer = call(server, "POST", GENERATIONS + "/async", {"prompt": "x", "timeout": 100}).json()
+        shorter = call(server, "POST", GENERATIONS + "/async", {"prompt": "x", "timeout": 0.2}).json()
+        for job in (longer, shorter):
+            assert server.jobs.get(job["id"]).handle.wait(10)
+        ended = {j["id"]: server.jobs.get(j["id"]).finished_at for j in (longer, shorter)}
+        assert ended[shorter["id"]] < ended[longer["id"]]  # its own 0.2 s, before the server's 0.6 s
+        status = call(server, "GET", longer["url"]).json()
+        assert status["status"] == "cancelled" and status["error"]["code"] == "deadline_exceeded"
+        assert "deadline of 0.6 s" in status["error"]["message"]
+        assert "deadline of 0.2 s" in call(server, "GET", shorter["url"]).json()["error"]["message"]
+
+
+def test_finished_async_requests_expire_without_new_submissions():
+    with running_server(FakeRuntime(), default_size=(512, 512), finished_ttl_s=0.4) as server:
+        job = call(server, "POST", GENERATIONS + "/async", {"prompt": "x"}).json()
+        assert server.jobs.get(job["id"]).handle.wait(10)
+        assert call(server, "GET", job["url"]).json()["status"] == "done"
+        deadline = time.monotonic() + 10
+        while server.jobs.get(job["id"]) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)  # nothing is submitted meanwhile: the periodic sweep drops it
+        resp = call(server, "GET", job["url"])
+        assert resp.status == 404 and resp.error()["param"] == "id"
