@@ -95,8 +95,8 @@ def test_progress_events_on_the_openai_endpoint(server):
 
 @pytest.fixture(scope="module")
 def slow_server():
-    """Steps slow enough (20 ms) that every partial image is made before the request ends."""
-    with running_server(FakeRuntime(step_time=0.02), default_size=(512, 512), preview_budget=1.0) as s:
+    """Steps slow enough (50 ms) that every partial image is made before the request ends."""
+    with running_server(FakeRuntime(step_time=0.05), default_size=(512, 512), preview_budget=1.0) as s:
         yield s
 
 

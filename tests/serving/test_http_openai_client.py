@@ -23,7 +23,7 @@ KEY = "client-key"
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server(FakeRuntime(step_time=0.02), default_size=(512, 512), api_key=KEY, preview_budget=1.0,
+    with running_server(FakeRuntime(step_time=0.05), default_size=(512, 512), api_key=KEY, preview_budget=1.0,
                         model_name="bitdance-test") as s:
         yield s
 
