@@ -78,6 +78,8 @@ class RequestGuard:
             deadline = (scope.get("extensions") or {}).get(DEADLINE_KEY) or \
                 anyio.current_time() + self.receive_timeout
             await self.app(scope, self._receive_until(receive, deadline, state), send_guarded)
+            if state["status"] is None and not state["left"]:
+                raise RuntimeError("the app returned without an answer")
         except Exception as e:  # noqa: BLE001 - the last line of defence
             if isinstance(e, ApiError):
                 err = e
@@ -117,7 +119,10 @@ class RequestGuard:
             if method in BODY_METHODS:
                 return ApiError(411, "a Content-Length header is required.", code="length_required"), True
             return None, False
-        length = int(lengths[0])  # one decimal value: the connection layer refused anything else
+        if len(set(lengths)) > 1 or not lengths[0].isdigit():  # the connection layer refuses these already
+            return ApiError(400, f"invalid Content-Length {b', '.join(lengths).decode('latin-1')!r}: send exactly "
+                            "one, holding the body's size in bytes.", code="invalid_content_length"), True
+        length = int(lengths[0])
         if length > self.max_body_bytes:
             expects = any(k.lower() == b"expect" for k, _ in headers)
             return ApiError(413, f"the body has {length} bytes; at most {self.max_body_bytes} are accepted.",
@@ -136,9 +141,9 @@ class RequestGuard:
                 with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
                     message = await receive()
                 if scope.cancelled_caught:
-                    raise ApiError(408, f"the request body did not arrive within {self.receive_timeout:g} s of "
-                                   "the request's start; send it at once.", code="request_timeout",
-                                   headers={"Connection": "close"})
+                    raise ApiError(408, f"the request body did not arrive in time: a request's headers and body "
+                                   f"must arrive within {self.receive_timeout:g} s; send the body at once.",
+                                   code="request_timeout", headers={"Connection": "close"})
                 if message["type"] == "http.request" and not message.get("more_body", False):
                     body_done = True
             if message["type"] == "http.disconnect":

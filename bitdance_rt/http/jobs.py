@@ -100,7 +100,8 @@ class Job:
     # ---------------------------------------------------------------- any thread
     def cancel(self, reason: str) -> bool:
         """Cancel the request, remembering why (the first reason wins); False if it had already ended."""
-        assert reason in CANCEL_REASONS, reason
+        if reason not in CANCEL_REASONS:
+            raise ValueError(f"cancel reason {reason!r}; one of {', '.join(CANCEL_REASONS)}")
         with self._lock:
             if self.cancel_reason is None and self.outcome is None:
                 self.cancel_reason = reason

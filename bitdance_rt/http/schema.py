@@ -32,7 +32,7 @@ from ..request import ImageRequest, resolve_request
 from .errors import ApiError, bad_field, from_invalid_request
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
-QUALITIES = ("auto", "low", "medium", "high", "standard", "hd")
+QUALITIES = ("auto", "low", "medium", "high", "xhigh", "max", "standard", "hd")  # OpenAI's values
 STREAM_EVENTS = ("openai", "progress")
 MAX_PARTIAL_IMAGES = 3
 MAX_TIMEOUT_S = 24 * 3600.0
