@@ -5,6 +5,7 @@ serving methods."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -141,3 +142,51 @@ def test_class_conditional_model(c2i16_files, single_thread):
         assert refused.status == 400 and refused.error()["code"] == "invalid_request"
         assert "max_batch" in refused.error()["message"]
         assert call(server, "POST", GENERATIONS, {"prompt": "a dog"}).error()["param"] == "prompt"
+
+
+def test_healthz_max_n_is_what_a_request_can_get(server):
+    """max_batch 4 rows: two guided images (two rows each) per request, four unguided; n = 3 with guidance is
+    refused by the runtime with its reason."""
+    health = call(server, "GET", "/healthz").json()
+    assert health["max_n"] == 2 and health["max_n_unguided"] == 4
+    refused = call(server, "POST", GENERATIONS, {"prompt": "x", "n": 3})
+    assert refused.status == 400 and refused.error()["code"] == "invalid_request"
+    assert "max_batch is 4" in refused.error()["message"]
+
+
+def _metric(text: str, name: str) -> float:
+    return float(re.search(rf"^{re.escape(name)} (\S+)$", text, re.M).group(1))
+
+
+def test_a_stream_beside_a_normal_request(t2i64_dir, single_thread):
+    """A progress stream asking for a preview at every AR step runs beside a normal request: both are answered,
+    and the previews stay within the budget (their time <= 5 % of the elapsed time, plus one preview), instead of
+    one full decode per step under the device lock (issue 15: 3.8x slower for the other request).
+    ``bench/preview_cost.py`` measures the cost."""
+    runtime = tiny_runtime_or_skip(t2i64_dir)
+    with running_server(runtime, default_size=(512, 512), preview_every=1, preview_budget=0.05) as server:
+        start = time.monotonic()
+        streamed = {}
+
+        def follow() -> None:
+            conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": "streamed", "stream": True, "seed": 1,
+                                                                   "stream_events": "progress",
+                                                                   "num_sampling_steps": STEPS}, timeout=300)
+            streamed["events"] = read_events(resp)
+            conn.close()
+
+        thread = threading.Thread(target=follow)
+        thread.start()
+        normal = call(server, "POST", GENERATIONS, {"prompt": "normal", "seed": 2, "num_sampling_steps": STEPS},
+                      timeout=300)
+        thread.join(300)
+        elapsed = time.monotonic() - start
+        text = call(server, "GET", "/metrics").body.decode()
+    assert normal.status == 200 and decode_png(normal.json()["data"][0]["b64_json"]).size == (512, 512)
+    events = streamed["events"]
+    assert events[-1][0] == "done" and decode_png(events[-1][1]["data"][0]["b64_json"]).size == (512, 512)
+    progress = [d for n, d in events if n == "progress"]
+    previews = [d for d in progress if "preview" in d]
+    made, spent = _metric(text, "bitdance_previews_total"), _metric(text, "bitdance_preview_seconds_total")
+    assert len(previews) == made >= 1 and len(progress) > made
+    assert spent <= 0.05 * elapsed + spent / made, (spent, made, elapsed)
