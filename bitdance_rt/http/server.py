@@ -43,7 +43,7 @@ PAGE = Path(__file__).parent / "web" / "index.html"
 
 @dataclass
 class ServerConfig:
-    """Per-request caps, limits and security settings (the ``bitdance-rt serve`` options; see NOTES / README).
+    """Per-request caps, limits and security settings (the ``bitdance-rt serve`` options; README.md, "Serving").
 
     ``preview_every``: AR steps between previews in progress streams (None: about 8 per request; 0: none);
     ``preview_budget``: the share of wall time previews may take (>= 1: no limit). ``receive_timeout_s``: a
