@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import InvalidRequestError
 from ..request import ImageRequest, resolve_request
-from .errors import ApiError, bad_field, from_invalid_request
+from .errors import bad_field, from_invalid_request
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 QUALITIES = ("auto", "low", "medium", "high", "xhigh", "max", "standard", "hd")  # OpenAI's values
