@@ -1,5 +1,6 @@
-"""Install with ``pip install -e .`` (add ``[test]`` for the test suite, ``[hub]`` for ``bitdance-rt download``,
-``[diffusers]`` for ``bitdance_rt.BitDancePipeline``, ``[gradio]`` for ``bitdance-rt gradio``).
+"""Install with ``pip install -e .`` (add ``[serve]`` for ``bitdance-rt serve``, ``[diffusers]`` for
+``bitdance_rt.BitDancePipeline``, ``[gradio]`` for ``bitdance-rt gradio``, ``[hub]`` for ``bitdance-rt download``,
+``[test]`` for the test suite). The core install stays lean: the runtime imports without any extra.
 
 The Triton kernels live in ``kernels/`` at the repository root and ship as ``bitdance_rt.kernels`` (a top-level
 ``kernels`` module would clash with an existing PyPI package of that name).
@@ -32,6 +33,9 @@ def cuda_extension():
 
 ext_modules, cmdclass = cuda_extension()
 
+# the HTTP server (bitdance_rt/http): uvicorn below 1.0 because bitdance_rt/http/protocol.py extends its h11 protocol
+SERVE = ["fastapi>=0.110", "uvicorn>=0.30,<1.0", "prometheus_client>=0.20", "sse-starlette>=3.0", "pydantic>=2.6"]
+
 setup(
     name="bitdance-rt",
     version="0.1.0",
@@ -41,7 +45,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["bitdance_rt", "bitdance_rt.*"]) + ["bitdance_rt.kernels"],
     package_dir={"bitdance_rt": "bitdance_rt", "bitdance_rt.kernels": "kernels"},
-    package_data={"bitdance_rt.serving": ["web/*.html"]},
+    package_data={"bitdance_rt.http": ["web/*.html"]},
     install_requires=[
         "torch>=2.4",
         "triton>=3.0; platform_system == 'Linux'",
@@ -52,10 +56,12 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "transformers>=4.51", "diffusers>=0.30", "gradio>=5.0",
-                 "gradio_client>=1.0"],
+        "serve": SERVE,
         "diffusers": ["diffusers>=0.30"],
         "gradio": ["gradio>=5.0"],
+        # the HTTP tests need the server and the official OpenAI client; the front ends' tests diffusers and Gradio
+        "test": ["pytest>=7", "pytest-benchmark>=4", "transformers>=4.51", "openai>=2.0", *SERVE, "diffusers>=0.30",
+                 "gradio>=5.0", "gradio_client>=1.0"],
         "hub": ["huggingface_hub>=0.23"],
         "flash": ["flash-attn>=2.6"],
     },

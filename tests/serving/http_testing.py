@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bitdance_rt.serving.http_server import ImageServer, ServerConfig
+from bitdance_rt.http.server import ImageServer, ServerConfig
 
 GENERATIONS = "/v1/images/generations"
 SERVING_METHODS = ("submit", "start_worker", "stop_worker", "stats")
@@ -75,12 +75,18 @@ def call(server: ImageServer, method: str, path: str, body: Any = None, *, raw: 
             conn.close()
 
 
+def decode_image(b64: str, fmt: str) -> Image.Image:
+    """A base64 image file that must be of PIL format ``fmt`` (``"PNG"``, ``"JPEG"``, ``"WEBP"``)."""
+    image = Image.open(io.BytesIO(base64.b64decode(b64, validate=True)))
+    assert image.format == fmt, f"a {image.format}, not a {fmt}"
+    image.load()
+    return image
+
+
 def decode_png(b64: str) -> Image.Image:
     raw = base64.b64decode(b64, validate=True)
     assert raw[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    image = Image.open(io.BytesIO(raw))
-    image.load()
-    return image
+    return decode_image(b64, "PNG")
 
 
 def read_events(resp: http.client.HTTPResponse) -> list[tuple[str, dict[str, Any]]]:
@@ -107,3 +113,47 @@ def open_stream(server: ImageServer, method: str, path: str, body: Any = None,
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"} if body is not None else {}
     conn.request(method, path, body=None if body is None else json.dumps(body).encode(), headers=headers)
     return conn, conn.getresponse()
+
+
+class RawAnswer:
+    """What came back on a raw connection: status, lower-cased headers, body, seconds until the server closed."""
+
+    def __init__(self, data: bytes, seconds: float):
+        head, _, self.body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else None
+        self.headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        self.seconds = seconds
+        self.raw = data
+
+    def error(self) -> dict[str, Any]:
+        err = json.loads(self.body)["error"]
+        assert set(err) == {"message", "type", "param", "code"}, err
+        return err
+
+
+def raw_exchange(server: ImageServer, chunks: list[bytes], pause: float = 0.0, timeout: float = 30.0) -> RawAnswer:
+    """Send ``chunks`` on a fresh connection (``pause`` seconds apart; a send the server refuses ends the sending),
+    then read until the server closes the connection."""
+    import socket
+    import time
+
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        for i, chunk in enumerate(chunks):
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                break
+            if pause and i < len(chunks) - 1:
+                time.sleep(pause)
+        data = b""
+        try:
+            while True:
+                got = sock.recv(65536)
+                if not got:
+                    break
+                data += got
+        except ConnectionResetError:
+            pass
+    return RawAnswer(data, time.monotonic() - start)

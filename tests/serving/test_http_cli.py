@@ -32,11 +32,38 @@ ROOT = Path(__file__).resolve().parents[2]
     (["serve", "--tiny", "--default-size", "big"], "--default-size"),
     (["serve", "--tiny", "--preview-every", "-1"], "--preview-every"),
     (["serve", "--tiny", "--backend", "fastest"], "backend='fastest' is unknown"),
+    (["serve", "--tiny", "--max-queue", "0"], "--max-queue"),
+    (["serve", "--tiny", "--limit-concurrency", "0"], "--limit-concurrency"),
+    (["serve", "--tiny", "--max-connections", "0"], "--max-connections"),
+    (["serve", "--tiny", "--receive-timeout", "0"], "--receive-timeout"),
+    (["serve", "--tiny", "--timeout-keep-alive", "-1"], "--timeout-keep-alive"),
+    (["serve", "--tiny", "--preview-budget", "0"], "--preview-budget"),
+    (["serve", "--tiny", "--request-timeout", "-2"], "--request-timeout"),
 ])
 def test_argument_errors(argv, says, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("bitdance-rt serve: ") and says in err and err.count("\n") == 1
+
+
+def test_without_the_serve_extra_a_one_line_hint(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now raises ImportError
+    assert main(["serve", "--tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'bitdance-rt[serve]'" in err and "fastapi" in err
+
+
+def test_the_runtime_imports_without_the_serve_extra():
+    """The core install stays lean: importing the runtime and the CLI never needs the server's packages."""
+    code = ("import sys\n"
+            "for name in ('fastapi', 'uvicorn', 'starlette', 'prometheus_client', 'sse_starlette'):\n"
+            "    sys.modules[name] = None\n"
+            "import bitdance_rt, bitdance_rt.cli, bitdance_rt.cli.serve\n"
+            "from bitdance_rt import Runtime, ImageRequest\n"
+            "bitdance_rt.cli.build_parser()\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bitdance_rt.serving.http_server import ImageServer, ServerConfig
+from bitdance_rt.http.server import ImageServer, ServerConfig
 from fake_runtime import FAIL_MARKER, FakeRuntime
 from http_testing import GENERATIONS, call, decode_png, open_stream, read_events, running_server
 
@@ -33,26 +33,26 @@ def assert_error(resp, status: int, code: str, param: str | None = None, says: s
     return err
 
 
-@pytest.mark.parametrize("method,path,status,code", [
-    ("GET", "/nothing", 404, "not_found"),
-    ("POST", "/v1/images/edits", 404, "not_found"),
-    ("GET", GENERATIONS + "/gen-0123456789abcdef", 404, "not_found"),
-    ("DELETE", GENERATIONS + "/gen-0123456789abcdef", 404, "not_found"),
-    ("GET", GENERATIONS + "/gen-0123456789abcdef/events", 404, "not_found"),
-    ("GET", GENERATIONS + "/not-an-id", 404, "not_found"),
-    ("GET", GENERATIONS, 405, "method_not_allowed"),
-    ("PUT", GENERATIONS, 405, "method_not_allowed"),
-    ("GET", GENERATIONS + "/async", 405, "method_not_allowed"),
-    ("POST", "/healthz", 405, "method_not_allowed"),
-    ("DELETE", "/metrics", 405, "method_not_allowed"),
-    ("PATCH", "/", 405, "method_not_allowed"),
+@pytest.mark.parametrize("method,path,status,code,allow", [
+    ("GET", "/nothing", 404, "not_found", None),
+    ("POST", "/v1/images/edits", 404, "not_found", None),
+    ("GET", GENERATIONS + "/gen-0123456789abcdef", 404, "not_found", None),
+    ("DELETE", GENERATIONS + "/gen-0123456789abcdef", 404, "not_found", None),
+    ("GET", GENERATIONS + "/gen-0123456789abcdef/events", 404, "not_found", None),
+    ("GET", GENERATIONS + "/not-an-id", 404, "not_found", None),
+    ("GET", GENERATIONS, 405, "method_not_allowed", "POST"),
+    ("PUT", GENERATIONS, 405, "method_not_allowed", "POST"),
+    ("GET", GENERATIONS + "/async", 405, "method_not_allowed", "POST"),
+    ("POST", GENERATIONS + "/gen-0123456789abcdef", 405, "method_not_allowed", "DELETE, GET, HEAD"),
+    ("POST", "/healthz", 405, "method_not_allowed", "GET, HEAD"),
+    ("DELETE", "/metrics", 405, "method_not_allowed", "GET, HEAD"),
+    ("PATCH", "/", 405, "method_not_allowed", "GET, HEAD"),
 ])
-def test_unknown_paths_and_methods(server, method, path, status, code):
+def test_unknown_paths_and_methods(server, method, path, status, code, allow):
     resp = call(server, method, path)
-    param = "id" if "gen-0123" in path else None
+    param = "id" if "gen-0123" in path and status == 404 else None
     assert_error(resp, status, code, param)
-    if status == 405:
-        assert resp.headers["Allow"] in ("GET", "POST", "DELETE, GET")
+    assert resp.headers.get("Allow") == allow
 
 
 @pytest.mark.parametrize("raw,says", [
@@ -74,7 +74,14 @@ def test_bad_json(server, raw, says):
     ({"prompt": 7}, "prompt", "invalid_value", "string"),
     ({"prompt": "x" * 51}, "prompt", "invalid_value", "at most 50"),
     ({"prompt": "x", "negative_prompt": ["a"]}, "negative_prompt", "invalid_value", "string"),
-    ({"prompt": "x", "quality": "hd"}, "quality", "unknown_field", "unknown field"),
+    ({"prompt": "x", "style": "vivid"}, "style", "unknown_field", "unknown field"),
+    ({"prompt": "x", "quality": "ultra"}, "quality", "invalid_value", "'hd'"),
+    ({"prompt": "x", "output_format": "gif"}, "output_format", "invalid_value", "'webp'"),
+    ({"prompt": "x", "output_compression": 101}, "output_compression", "invalid_value", "0..100"),
+    ({"prompt": "x", "partial_images": 4}, "partial_images", "invalid_value", "0..3"),
+    ({"prompt": "x", "stream_events": "all"}, "stream_events", "invalid_value", "'progress'"),
+    ({"prompt": "x", "timeout": 0}, "timeout", "invalid_value", "seconds"),
+    ({"prompt": "x", "timeout": "1s"}, "timeout", "invalid_value", "seconds"),
     ({"prompt": "x", "n": 0}, "n", "invalid_value", "1..4"),
     ({"prompt": "x", "n": 5}, "n", "invalid_value", "1..4"),
     ({"prompt": "x", "n": "2"}, "n", "invalid_value", "integer"),
@@ -86,7 +93,8 @@ def test_bad_json(server, raw, says):
     ({"prompt": "x", "response_format": "url"}, "response_format", "unsupported_response_format", "b64_json"),
     ({"prompt": "x", "response_format": "png"}, "response_format", "invalid_value", "b64_json"),
     ({"prompt": "x", "seed": -1}, "seed", "invalid_value", "integer"),
-    ({"prompt": "x", "seed": 2 ** 63}, "seed", "invalid_value", "integer"),
+    ({"prompt": "x", "seed": 2 ** 63}, "seed", "invalid_value", "at most"),
+    ({"prompt": "x", "seed": 1.5}, "seed", "invalid_value", "integer"),
     ({"prompt": "x", "num_sampling_steps": 0}, "num_sampling_steps", "invalid_value", "1..20"),
     ({"prompt": "x", "num_sampling_steps": 21}, "num_sampling_steps", "invalid_value", "1..20"),
     ({"prompt": "x", "guidance_scale": "high"}, "guidance_scale", "invalid_value", "finite number"),
@@ -183,7 +191,7 @@ def test_answered_sync_request_is_forgotten(server):
                  "synchronous ones until answered")
 
 
-def test_failed_request_is_500_and_does_not_affect_a_concurrent_one(server):
+def test_failed_request_is_500_and_does_not_affect_a_concurrent_one(server, caplog):
     results = {}
 
     def run(name: str, prompt: str) -> None:
@@ -195,7 +203,11 @@ def test_failed_request_is_500_and_does_not_affect_a_concurrent_one(server):
         t.start()
     for t in threads:
         t.join(30)
-    assert_error(results["bad"], 500, "generation_failed", None, "injected failure")
+    err = assert_error(results["bad"], 500, "generation_failed", None, "failed at AR step 2 of 16")
+    assert "injected failure" not in err["message"] and "server log" in err["message"]  # no internal text
+    bad_id = results["bad"].json()["id"]
+    assert any(bad_id in r.getMessage() and "injected failure" in r.getMessage() for r in caplog.records), \
+        "the cause must be in the server log, under the request id"
     good = results["good"]
     assert good.status == 200, good.body
     assert [decode_png(d["b64_json"]).size for d in good.json()["data"]] == [(512, 512), (512, 512)]
@@ -205,15 +217,18 @@ def test_failed_request_is_500_and_does_not_affect_a_concurrent_one(server):
     assert failed["status"] == "failed" and failed["error"]["code"] == "generation_failed"
 
 
-def test_failed_stream_ends_with_error_event(server):
-    conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": FAIL_MARKER, "stream": True})
+@pytest.mark.parametrize("style,first", [("progress", "queued"), ("openai", "error")])
+def test_failed_stream_ends_with_error_event(server, style, first):
+    conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": FAIL_MARKER, "stream": True,
+                                                           "stream_events": style, "partial_images": 1})
     try:
         assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
         events = read_events(resp)
     finally:
         conn.close()
     names = [name for name, _ in events]
-    assert names[0] == "queued" and names[-1] == "error" and "done" not in names
+    assert names[0] == first and names[-1] == "error" and names.count("error") == 1
+    assert "done" not in names and "image_generation.completed" not in names
     assert events[-1][1]["error"]["code"] == "generation_failed"
 
 
@@ -253,18 +268,27 @@ def test_sync_request_cancelled_by_delete_is_409():
         assert_error(result["r"], 409, "request_cancelled", None, "cancelled")
 
 
-def test_queue_full_is_503_with_retry_after():
+def test_queue_full_is_429_with_retry_after_from_the_drain_rate():
     rt = FakeRuntime()
-    with running_server(rt, default_size=(512, 512), max_pending=2) as server:
+    with running_server(rt, default_size=(512, 512), max_pending=2, retry_after_fallback_s=7) as server:
         rt.hold()
         ids = [call(server, "POST", GENERATIONS + "/async", {"prompt": "x"}).json()["id"] for _ in range(2)]
         full = call(server, "POST", GENERATIONS + "/async", {"prompt": "x"})
-        assert_error(full, 503, "queue_full", None, "retry later")
-        assert full.headers["Retry-After"] == "1"
+        assert_error(full, 429, "queue_full", None, "retry in about 7 s")
+        assert full.headers["Retry-After"] == "7", "nothing has drained yet: the configured fallback"
         assert len(rt.submitted) == 2, "a refused request must not reach the runtime"
         assert call(server, "DELETE", f"{GENERATIONS}/{ids[0]}").status == 200
         rt.release()
-        assert call(server, "POST", GENERATIONS + "/async", {"prompt": "x"}).status == 202
+        assert server.jobs.get(ids[1]).handle.wait(10)
+        rt.hold()  # two requests have ended: the drain rate is measured now
+        for _ in range(2):
+            assert call(server, "POST", GENERATIONS + "/async", {"prompt": "x"}).status == 202
+        before = server.drain.retry_after_s(2)
+        full = call(server, "POST", GENERATIONS + "/async", {"prompt": "x"})
+        after = server.drain.retry_after_s(2)
+        assert_error(full, 429, "queue_full")
+        assert before <= int(full.headers["Retry-After"]) <= after  # ceil(pending / measured rate)
+        rt.release()
 
 
 def test_stopping_server_refuses_new_work_with_503():
@@ -281,6 +305,7 @@ def test_stopping_server_refuses_new_work_with_503():
         assert_error(call(server, "POST", GENERATIONS, {"prompt": "x"}), 503, "server_stopping", None, "shutting down")
         health = call(server, "GET", "/healthz")
         assert health.status == 503 and health.json()["status"] == "stopping"
+        assert call(server, "GET", "/health").json() == {"status": "stopping"}
         assert b"bitdance_server_stopping 1" in call(server, "GET", "/metrics").body
         rt.release()  # the active request is finished, not cancelled (cancel_active=False)
         stopper.join(30)

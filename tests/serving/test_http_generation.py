@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from fake_runtime import FakeRuntime
-from http_testing import GENERATIONS, call, decode_png, open_stream, read_events, running_server
+from http_testing import GENERATIONS, call, decode_image, decode_png, open_stream, read_events, running_server
 
 
 @pytest.fixture(scope="module")
 def server():
     with running_server(FakeRuntime(step_time=0.002), default_size=(512, 512), preview_every=4,
-                        preview_max_side=128) as s:
+                        preview_max_side=128, preview_budget=1.0) as s:
         yield s
 
 
@@ -80,8 +80,9 @@ def test_async_then_events_then_status(server):
     assert [n for n, _ in again] == ["queued", "done"]
 
 
-def test_stream_true_on_the_openai_endpoint(server):
-    conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": "a red fox", "stream": True, "size": "512x512"})
+def test_progress_events_on_the_openai_endpoint(server):
+    conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": "a red fox", "stream": True, "size": "512x512",
+                                                           "stream_events": "progress"})
     try:
         assert resp.status == 200
         events = read_events(resp)
@@ -90,6 +91,54 @@ def test_stream_true_on_the_openai_endpoint(server):
     assert [n for n, _ in events][-1] == "done"
     _check_progress(events, total=16, every=4, max_side=128)
     assert decode_png(events[-1][1]["data"][0]["b64_json"]).size == (512, 512)
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    """Steps slow enough (50 ms) that every partial image is made before the request ends."""
+    with running_server(FakeRuntime(step_time=0.05), default_size=(512, 512), preview_budget=1.0) as s:
+        yield s
+
+
+@pytest.mark.parametrize("partials", [0, 2, 3])
+def test_openai_stream_events(slow_server, partials):
+    """OpenAI's image streaming: ``partial_images`` partial images (full size, indexed 0..), then one completed
+    event per image, each with the image's seed; ``output_format`` applies to both."""
+    conn, resp = open_stream(slow_server, "POST", GENERATIONS, {"prompt": "a red fox", "stream": True, "n": 2,
+                                                                "seed": 9, "partial_images": partials,
+                                                                "output_format": "jpeg"})
+    try:
+        assert resp.status == 200 and resp.headers["X-Request-Id"].startswith("gen-")
+        events = read_events(resp)
+    finally:
+        conn.close()
+    names = [n for n, _ in events]
+    assert names == ["image_generation.partial_image"] * partials + ["image_generation.completed"] * 2, names
+    for i, (_, data) in enumerate(events[:partials]):
+        assert data["type"] == "image_generation.partial_image" and data["partial_image_index"] == i
+        assert data["output_format"] == "jpeg" and data["size"] == "512x512"
+        assert decode_image(data["b64_json"], "JPEG").size == (512, 512)
+    completed = [data for _, data in events[partials:]]
+    assert [d["seed"] for d in completed] == [9, 10]
+    for d in completed:
+        assert d["type"] == "image_generation.completed" and isinstance(d["created_at"], int)
+        assert decode_image(d["b64_json"], "JPEG").size == (512, 512)
+
+
+@pytest.mark.parametrize("fmt,pil,compression", [("png", "PNG", None), ("jpeg", "JPEG", 40), ("webp", "WEBP", 80)])
+def test_output_format_and_compression(server, fmt, pil, compression):
+    body = {"prompt": "x", "seed": 1, "output_format": fmt, "quality": "high", "user": "u-1", "model": "any"}
+    if compression is not None:
+        body["output_compression"] = compression
+    resp = call(server, "POST", GENERATIONS, body)
+    assert resp.status == 200, resp.body
+    out = resp.json()
+    assert out["output_format"] == fmt and out["size"] == "512x512"
+    image = decode_image(out["data"][0]["b64_json"], pil)
+    assert image.size == (512, 512)
+    if fmt == "jpeg":  # a lower quality makes a smaller file than the default (100)
+        default = call(server, "POST", GENERATIONS, {"prompt": "x", "seed": 1, "output_format": "jpeg"}).json()
+        assert len(out["data"][0]["b64_json"]) < len(default["data"][0]["b64_json"])
 
 
 def test_delete_cancels_and_the_stream_says_so():
@@ -107,13 +156,16 @@ def test_delete_cancels_and_the_stream_says_so():
         assert rt.submitted[0].status == "cancelled"
 
 
-def test_leaving_a_stream_cancels_only_that_stream_request():
+@pytest.mark.parametrize("style", ["progress", "openai"])
+def test_leaving_a_stream_cancels_only_that_stream_request(style):
     rt = FakeRuntime(step_time=0.02)
     with running_server(rt, default_size=(512, 512)) as server:
         kept = call(server, "POST", GENERATIONS + "/async", {"prompt": "kept"}).json()
-        conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": "left", "stream": True})
-        resp.fp.readline()
-        resp.close()  # the response owns the socket of a Connection: close answer
+        conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": "left", "stream": True,
+                                                               "stream_events": style})
+        if style == "progress":
+            assert resp.readline().startswith(b"event: queued")
+        resp.close()  # leave after the headers (openai: before any event)
         conn.close()
         deadline = time.monotonic() + 10
         while rt.submitted[1].status != "cancelled" and time.monotonic() < deadline:
@@ -162,11 +214,11 @@ def test_metrics_in_prometheus_text_format():
         assert call(server, "POST", GENERATIONS, {"prompt": "x", "n": 9}).status == 400
         assert call(server, "GET", "/nowhere").status == 404
         resp = call(server, "GET", "/metrics")
-        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain; version=")
         text = resp.body.decode()
     for line in text.splitlines():  # every line is a comment or `name{labels} value`
         assert line.startswith("# HELP ") or line.startswith("# TYPE ") or \
-            re.fullmatch(r'[a-z_]+(\{[a-z_]+="[^"]*"\})? (NaN|[+-]Inf|-?[0-9.e+-]+)', line), line
+            re.fullmatch(r'[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? (NaN|[+-]Inf|-?[0-9.e+-]+)', line), line
     for name in ("bitdance_queue_length", "bitdance_active_requests", "bitdance_images_total",
                  "bitdance_images_per_second", "bitdance_step_latency_seconds"):
         assert f"# TYPE {name} " in text
@@ -219,7 +271,7 @@ def test_shutdown_finishes_active_requests_when_asked():
 
 def test_construction_and_unstarted_shutdown():
     from bitdance_rt.errors import InvalidRequestError
-    from bitdance_rt.serving.http_server import ImageServer, ServerConfig
+    from bitdance_rt.http.server import ImageServer, ServerConfig
 
     with pytest.raises(InvalidRequestError, match="default size 500x500"):
         ImageServer(FakeRuntime(), "127.0.0.1", 0, ServerConfig(default_size=(500, 500)))
@@ -227,3 +279,52 @@ def test_construction_and_unstarted_shutdown():
     assert server.info["sizes"] == ["256x256"] and server.info["default_size"] == "256x256"
     server.shutdown()  # never started: returns at once
     server.shutdown()
+
+
+def test_a_request_deadline_cancels_it_with_504():
+    rt = FakeRuntime()
+    with running_server(rt, default_size=(512, 512)) as server:
+        rt.hold()
+        start = time.monotonic()
+        resp = call(server, "POST", GENERATIONS, {"prompt": "x", "timeout": 0.5})
+        elapsed = time.monotonic() - start
+        assert resp.status == 504, resp.body
+        err = resp.error()
+        assert err["code"] == "deadline_exceeded" and "deadline of 0.5 s" in err["message"]
+        assert 0.4 < elapsed < 10 and rt.submitted[0].status == "cancelled"
+        conn, stream = open_stream(server, "POST", GENERATIONS, {"prompt": "x", "stream": True, "timeout": 0.3})
+        events = read_events(stream)
+        conn.close()
+        assert [n for n, _ in events] == ["error"] and events[0][1]["error"]["code"] == "deadline_exceeded"
+        text = call(server, "GET", "/metrics").body.decode()
+        assert _metric(text, 'bitdance_generations_total{outcome="expired"}') == 2
+        assert _metric(text, 'bitdance_generations_total{outcome="cancelled"}') == 0
+
+
+def test_the_server_default_deadline_and_a_shorter_own_one():
+    rt = FakeRuntime()
+    with running_server(rt, default_size=(512, 512), request_timeout_s=0.6) as server:
+        rt.hold()
+        assert call(server, "GET", "/healthz").json()["request_timeout"] == 0.6
+        longer = call(server, "POST", GENERATIONS + "/async", {"prompt": "x", "timeout": 100}).json()
+        shorter = call(server, "POST", GENERATIONS + "/async", {"prompt": "x", "timeout": 0.2}).json()
+        for job in (longer, shorter):
+            assert server.jobs.get(job["id"]).handle.wait(10)
+        ended = {j["id"]: server.jobs.get(j["id"]).finished_at for j in (longer, shorter)}
+        assert ended[shorter["id"]] < ended[longer["id"]]  # its own 0.2 s, before the server's 0.6 s
+        status = call(server, "GET", longer["url"]).json()
+        assert status["status"] == "cancelled" and status["error"]["code"] == "deadline_exceeded"
+        assert "deadline of 0.6 s" in status["error"]["message"]
+        assert "deadline of 0.2 s" in call(server, "GET", shorter["url"]).json()["error"]["message"]
+
+
+def test_finished_async_requests_expire_without_new_submissions():
+    with running_server(FakeRuntime(), default_size=(512, 512), finished_ttl_s=0.4) as server:
+        job = call(server, "POST", GENERATIONS + "/async", {"prompt": "x"}).json()
+        assert server.jobs.get(job["id"]).handle.wait(10)
+        assert call(server, "GET", job["url"]).json()["status"] == "done"
+        deadline = time.monotonic() + 10
+        while server.jobs.get(job["id"]) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)  # nothing is submitted meanwhile: the periodic sweep drops it
+        resp = call(server, "GET", job["url"])
+        assert resp.status == 404 and resp.error()["param"] == "id"

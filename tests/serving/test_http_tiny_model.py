@@ -5,13 +5,14 @@ serving methods."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
 import numpy as np
 import pytest
 
-import bitdance_rt.serving.http_server as http_server
+import bitdance_rt.http.results as http_results
 from http_testing import GENERATIONS, call, decode_png, open_stream, read_events, running_server, tiny_runtime_or_skip
 
 STEPS = 2  # sampling steps per AR step: enough to exercise the head, cheap on the CPU
@@ -20,7 +21,8 @@ STEPS = 2  # sampling steps per AR step: enough to exercise the head, cheap on t
 @pytest.fixture(scope="module")
 def server(t2i64_dir, single_thread):
     runtime = tiny_runtime_or_skip(t2i64_dir)
-    with running_server(runtime, default_size=(512, 512), preview_every=4, preview_max_side=128) as s:
+    with running_server(runtime, default_size=(512, 512), preview_every=4, preview_max_side=128,
+                        preview_budget=1.0) as s:
         yield s
 
 
@@ -44,7 +46,8 @@ def test_generation_returns_a_png_of_the_size(server):
 
 def test_stream_gives_progress_with_previews_then_done(server):
     conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": "a lighthouse", "stream": True, "seed": 1,
-                                                           "num_sampling_steps": STEPS}, timeout=120)
+                                                           "stream_events": "progress", "num_sampling_steps": STEPS},
+                             timeout=120)
     try:
         assert resp.status == 200
         events = read_events(resp)
@@ -75,16 +78,16 @@ def test_delete_cancels_a_running_request(server):
 def test_a_failing_request_does_not_affect_a_concurrent_one(server, monkeypatch):
     """One request's answer fails inside the server (its PNG encoding raises); the other, generated in the same
     worker at the same time, is answered normally."""
-    real = http_server.png_b64
+    real = http_results.encode_b64
     poisoned = []
 
-    def encode(image):
+    def encode(image, *args):
         if not poisoned:
             poisoned.append(True)
             raise RuntimeError("encoder broke for this request")
-        return real(image)
+        return real(image, *args)
 
-    monkeypatch.setattr(http_server, "png_b64", encode)
+    monkeypatch.setattr(http_results, "encode_b64", encode)
     results = {}
 
     def run(name: str, body: dict) -> None:
@@ -112,6 +115,7 @@ def test_shutdown_with_requests_in_flight(t2i64_dir, single_thread):
             server, "POST", GENERATIONS, {"prompt": "x", "num_sampling_steps": 20}, timeout=120)))
         sync.start()
         conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": "y", "stream": True,
+                                                               "stream_events": "progress",
                                                                "num_sampling_steps": 20}, timeout=120)
         _wait(lambda: len(server.jobs.active()) == 2)
         server.shutdown(cancel_active=True, timeout=60)
@@ -138,3 +142,51 @@ def test_class_conditional_model(c2i16_files, single_thread):
         assert refused.status == 400 and refused.error()["code"] == "invalid_request"
         assert "max_batch" in refused.error()["message"]
         assert call(server, "POST", GENERATIONS, {"prompt": "a dog"}).error()["param"] == "prompt"
+
+
+def test_healthz_max_n_is_what_a_request_can_get(server):
+    """max_batch 4 rows: two guided images (two rows each) per request, four unguided; n = 3 with guidance is
+    refused by the runtime with its reason."""
+    health = call(server, "GET", "/healthz").json()
+    assert health["max_n"] == 2 and health["max_n_unguided"] == 4
+    refused = call(server, "POST", GENERATIONS, {"prompt": "x", "n": 3})
+    assert refused.status == 400 and refused.error()["code"] == "invalid_request"
+    assert "max_batch is 4" in refused.error()["message"]
+
+
+def _metric(text: str, name: str) -> float:
+    return float(re.search(rf"^{re.escape(name)} (\S+)$", text, re.M).group(1))
+
+
+def test_a_stream_beside_a_normal_request(t2i64_dir, single_thread):
+    """A progress stream asking for a preview at every AR step runs beside a normal request: both are answered,
+    and the previews stay within the budget (their time <= 5 % of the elapsed time, plus one preview), instead of
+    one full decode per step under the device lock (issue 15: 3.8x slower for the other request).
+    ``bench/preview_cost.py`` measures the cost."""
+    runtime = tiny_runtime_or_skip(t2i64_dir)
+    with running_server(runtime, default_size=(512, 512), preview_every=1, preview_budget=0.05) as server:
+        start = time.monotonic()
+        streamed = {}
+
+        def follow() -> None:
+            conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": "streamed", "stream": True, "seed": 1,
+                                                                   "stream_events": "progress",
+                                                                   "num_sampling_steps": STEPS}, timeout=300)
+            streamed["events"] = read_events(resp)
+            conn.close()
+
+        thread = threading.Thread(target=follow)
+        thread.start()
+        normal = call(server, "POST", GENERATIONS, {"prompt": "normal", "seed": 2, "num_sampling_steps": STEPS},
+                      timeout=300)
+        thread.join(300)
+        elapsed = time.monotonic() - start
+        text = call(server, "GET", "/metrics").body.decode()
+    assert normal.status == 200 and decode_png(normal.json()["data"][0]["b64_json"]).size == (512, 512)
+    events = streamed["events"]
+    assert events[-1][0] == "done" and decode_png(events[-1][1]["data"][0]["b64_json"]).size == (512, 512)
+    progress = [d for n, d in events if n == "progress"]
+    previews = [d for d in progress if "preview" in d]
+    made, spent = _metric(text, "bitdance_previews_total"), _metric(text, "bitdance_preview_seconds_total")
+    assert len(previews) == made >= 1 and len(progress) > made
+    assert spent <= 0.05 * elapsed + spent / made, (spent, made, elapsed)

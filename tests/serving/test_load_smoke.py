@@ -1,6 +1,7 @@
 """``bench/load_test.py`` run small: 4 clients x 3 requests (at most 60 s of sending) against the tiny-model server
-on loopback must report every request answered, none failed or lost. Its bookkeeping is checked against the fake
-runtime: failures and lost requests are counted and fail the run; percentiles are nearest-rank."""
+on loopback must report every request answered, none failed or lost, and the server's histogram counting them all.
+Its bookkeeping is checked against the fake runtime: failures and lost requests are counted and fail the run;
+client percentiles are nearest-rank, the server's interpolated within its buckets as Prometheus does."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def test_tiny_model_load_smoke(single_thread, tmp_path, capsys):
     assert report["sent"] == report["ok"] == 12 and report["failed"] == 0 and report["lost"] == 0
     assert report["images"] == 12 and report["images_per_s"] > 0
     assert 0 < report["latency_p50_s"] <= report["latency_p99_s"] <= report["latency_max_s"]
-    assert "images/s" in printed and "p99" in printed
+    assert report["server_counted"] == 12 and 0 < report["server_latency_p50_s"] <= report["server_latency_p99_s"]
+    assert 0 < report["server_generation_p50_s"] <= report["server_generation_p99_s"]
+    assert "images/s" in printed and "p99" in printed and "server histogram" in printed
 
 
 def test_counts_against_the_fake():
@@ -44,6 +47,7 @@ def test_counts_against_the_fake():
         report = load_test.run_load(server.url, BODY, clients=3, max_requests=9, duration_s=30, timeout_s=30)
         assert report.passed and report.sent == report.ok == 9 and report.images == 9
         assert report.latency_p50_s <= report.latency_p99_s <= report.latency_max_s
+        assert report.server_counted == 9 and report.server_latency_p50_s <= report.server_latency_p99_s
 
         report = load_test.run_load(server.url, {**BODY, "n": 2}, clients=2, max_requests=3, duration_s=30)
         assert report.passed and report.images == 6
@@ -68,6 +72,14 @@ def test_request_bound_by_time():
     with running_server(FakeRuntime(step_time=0.001), default_size=(512, 512)) as server:
         report = load_test.run_load(server.url, BODY, clients=2, max_requests=10 ** 6, duration_s=0.5)
     assert report.passed and 0 < report.sent < 10 ** 6
+
+
+def test_histogram_quantile_interpolates_like_prometheus():
+    buckets = {0.1: 0.0, 0.5: 10.0, 1.0: 30.0, math.inf: 40.0}  # cumulative
+    assert load_test.histogram_quantile(0.25, buckets) == pytest.approx(0.5)  # rank 10: the top of (0.1, 0.5]
+    assert load_test.histogram_quantile(0.5, buckets) == pytest.approx(0.75)  # rank 20: halfway in (0.5, 1.0]
+    assert load_test.histogram_quantile(0.99, buckets) == 1.0  # in the +Inf bucket: the top finite bound
+    assert math.isnan(load_test.histogram_quantile(0.5, {0.1: 0.0, math.inf: 0.0}))
 
 
 def test_percentile_is_nearest_rank():

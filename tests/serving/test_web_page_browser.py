@@ -1,7 +1,8 @@
 """The demo page in a real headless Chromium (Debian's ``chromium``; skipped when none is installed): load ``/``,
 type a prompt, click Generate, wait until the page shows the final image, take a screenshot and check it — a PNG
 of the viewport's size whose result-image area is not blank (pixel standard deviation above a threshold) — and
-that the shown image is the one the server made. Once with the fake runtime (the page's plumbing, fast) and once
+that the shown image is the one the server made. Once with the fake runtime (the page's plumbing, fast: also the
+negative prompt, guidance, two images and a typed seed, each result captioned with its seed; and an API key), once
 with the tiny text-to-image model's runtime (the real server end to end)."""
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ VIEWPORT = (900, 800)
 MIN_STD = 8.0  # the result area of a shown random image varies far more; an empty frame is flat (std ~ 0)
 
 
-def _drive_page(server, prompt: str, timeout: float, steps: int | None = None) -> tuple[Image.Image, dict, str]:
-    """Type, click, wait for the final image; returns the screenshot, the result image's box and its data URL."""
+def _drive_page(server, prompt: str, timeout: float, steps: int | None = None, fields: dict | None = None,
+                n: int | None = None, captions: list | None = None) -> tuple[Image.Image, dict, str]:
+    """Type (``fields``: more inputs by id), choose ``n`` images, click, wait for the final image; returns the
+    screenshot, the result image's box and its data URL; ``captions`` receives the seed captions shown."""
     with HeadlessChromium(CHROMIUM, *VIEWPORT) as browser:
         browser.navigate(server.url + "/")
         browser.wait_for("!document.getElementById('generate').disabled", 20)
@@ -36,6 +39,10 @@ def _drive_page(server, prompt: str, timeout: float, steps: int | None = None) -
         assert browser.evaluate("document.getElementById('prompt').value") == prompt
         if steps is not None:
             browser.type_into("#steps", str(steps))
+        for field, value in (fields or {}).items():
+            browser.type_into(f"#{field}", str(value))
+        if n is not None:
+            browser.evaluate(f"document.getElementById('n').value = '{n}'")
         browser.click("#generate")
         state = browser.wait_for("['done', 'error'].includes(document.body.dataset.state) "
                                  "&& document.body.dataset.state", timeout)
@@ -44,6 +51,10 @@ def _drive_page(server, prompt: str, timeout: float, steps: int | None = None) -
         browser.wait_for("document.getElementById('result').complete", 10)
         box = browser.rect("#result")
         src = browser.evaluate("document.getElementById('result').src")
+        if captions is not None:
+            captions.append(browser.evaluate("document.getElementById('result-caption').textContent"))
+            captions.extend(browser.evaluate("[...document.querySelectorAll('#more figcaption')]"
+                                             ".map((c) => c.textContent)"))
         shot = Image.open(io.BytesIO(browser.screenshot()))
         shot.load()
     return shot, box, src
@@ -57,18 +68,30 @@ def _check(shot: Image.Image, box: dict, src: str, size: tuple[int, int]) -> Non
                                                  int(box["x"] + box["width"]) - 2, int(box["y"] + box["height"]) - 2)),
                       dtype=np.float64)
     assert area.std() > MIN_STD, f"the result area looks blank (std {area.std():.2f})"
+    assert _shown(src).size == size
+
+
+def _shown(src: str) -> Image.Image:
     prefix = "data:image/png;base64,"
     assert src.startswith(prefix)
     shown = Image.open(io.BytesIO(base64.b64decode(src[len(prefix):])))
-    assert shown.size == size
+    shown.load()
+    return shown
 
 
 def test_page_with_fake_runtime():
-    with running_server(FakeRuntime(step_time=0.02), default_size=(512, 512)) as server:
-        shot, box, src = _drive_page(server, "a red fox in the snow", timeout=30)
-        prompt = server.runtime.submitted[0].params["prompt"]
+    captions: list[str] = []
+    with running_server(FakeRuntime(step_time=0.02), default_size=(512, 512), api_key="page-key") as server:
+        shot, box, src = _drive_page(server, "a red fox in the snow", timeout=30, n=2, captions=captions,
+                                     fields={"api_key": "page-key", "negative_prompt": "blurry", "guidance": 3.5,
+                                             "seed": 5})
+        params = server.runtime.submitted[0].params
     _check(shot, box, src, (512, 512))
-    assert prompt == "a red fox in the snow"
+    assert params["prompt"] == "a red fox in the snow" and params["negative_prompt"] == "blurry"
+    assert params["guidance_scale"] == 3.5 and params["num_images"] == 2 and params["seed"] == 5
+    assert captions == ["Result · seed 5", "seed 6"]  # image j of seed s has seed s + j
+    expected = np.random.default_rng(5).integers(0, 256, size=(2, 512, 512, 3), dtype=np.uint8)[0]
+    assert np.array_equal(np.asarray(_shown(src)), expected), "the page shows another image than the server made"
 
 
 def test_page_with_tiny_model(t2i64_dir, single_thread):

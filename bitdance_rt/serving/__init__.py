@@ -1,1 +1,0 @@
-"""The HTTP server (``bitdance-rt serve``): OpenAI-style images API, progress events, metrics, web page."""
