@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs a headless-capable Chromium for tests/serving/test_web_page_browser.py (Debian/Ubuntu packages).
+# Installs a headless-capable Chromium for tests/http/test_web_page_browser.py (and tests/frontends/test_gradio_page_browser.py) (Debian/Ubuntu packages).
 # The test skips itself when no Chromium is found, so this is only needed where the page should be checked.
 #   scripts/install_browser.sh      installs `chromium` unless chromium or chromium-browser is already on PATH
 set -euo pipefail

@@ -14,7 +14,7 @@ from PIL import Image
 
 pytest.importorskip("gradio", reason="the gradio extra is not installed (pip install -e '.[test]')")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "http"))
 from browser_cdp import HeadlessChromium, find_chromium  # noqa: E402
 from gradio_testing import served_app, tiny_runtime  # noqa: E402
 

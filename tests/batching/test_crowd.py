@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving_helpers import C2I, T2I, c2i_runtime, run_until_done, steps, t2i_runtime
+from batching_helpers import C2I, T2I, c2i_runtime, run_until_done, steps, t2i_runtime
 
 
 def _tokens(handle) -> torch.Tensor:

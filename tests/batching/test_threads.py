@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from serving_helpers import C2I, TIMEOUT_S, Recorder, c2i_runtime, run_until_done
+from batching_helpers import C2I, TIMEOUT_S, Recorder, c2i_runtime, run_until_done
 
 REQUESTS = [dict(class_label=c, guidance_scale=g, seed=s) for c, g, s in
             [(3, 3.0, 1), (7, 2.0, 2), (11, 3.0, 3), (13, 4.0, 4), (17, 3.0, 5), (19, 1.0, 6)]]

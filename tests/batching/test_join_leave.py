@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving_helpers import C2I, c2i_runtime, run_until_done, steps
+from batching_helpers import C2I, c2i_runtime, run_until_done, steps
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 
 from bitdance_rt import InvalidRequestError
 
-from serving_helpers import c2i_runtime, run_until_done, steps
+from batching_helpers import c2i_runtime, run_until_done, steps
 
 P = 16
 

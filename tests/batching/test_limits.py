@@ -12,7 +12,7 @@ from bitdance_rt import InvalidRequestError
 from bitdance_rt.batching.limits import parse_memory_budget
 from bitdance_rt.engine.memory import ModelDims, batch_bytes, join_bytes
 
-from serving_helpers import C2I, c2i_runtime, run_until_done, steps
+from batching_helpers import C2I, c2i_runtime, run_until_done, steps
 
 GUIDED_ONE_STEP = dict(guidance_scale=3.0, **C2I)
 

@@ -10,7 +10,7 @@ import torch
 from bitdance_rt import Runtime
 from bitdance_rt.engine.cuda_graphs import CapturedStep
 
-from serving_helpers import C2I, T2I, run_until_done, steps
+from batching_helpers import C2I, T2I, run_until_done, steps
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Triton engine, CUDA graphs)")
 

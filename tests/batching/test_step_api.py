@@ -12,7 +12,7 @@ import torch
 
 from bitdance_rt import ImageRequest, InvalidRequestError, RequestHandle, Runtime
 
-from serving_helpers import C2I, Recorder, c2i_runtime, run_until_done
+from batching_helpers import C2I, Recorder, c2i_runtime, run_until_done
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 
 from bitdance_rt import RequestCancelled, RequestFailed
 
-from serving_helpers import C2I, Recorder, c2i_runtime, run_until_done, steps
+from batching_helpers import C2I, Recorder, c2i_runtime, run_until_done, steps
 
 
 @pytest.fixture
