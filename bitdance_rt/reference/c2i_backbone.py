@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .embedding_table import embedding_table
 from .kv_cache import KVCache
 from .rope import apply_interleaved, c2i_rope_tables
 
@@ -149,14 +150,14 @@ class C2IBackbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
-        self.cls_embedding = nn.Embedding(cfg.num_classes + 1, d * cfg.class_tokens)
+        self.cls_embedding = embedding_table(cfg.num_classes + 1, d * cfg.class_tokens)
         if cfg.parallel > 1:
             self.query_token = nn.Parameter(torch.empty(1, cfg.parallel - 1, d))
         self.proj_in = SwiGLUConnector(cfg.token_channels, d)
         self.emb_norm = nn.RMSNorm(d, eps=NORM_EPS)
         self.layers = nn.ModuleList(Layer(d, cfg.num_heads) for _ in range(cfg.num_layers))
         self.norm = nn.RMSNorm(d, eps=NORM_EPS)
-        self.pos_for_diff = nn.Embedding(cfg.num_tokens, d)
+        self.pos_for_diff = embedding_table(cfg.num_tokens, d)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitdance_rt.errors import CheckpointError, InvalidRequestError
+from bitdance_rt.reference.embedding_table import embedding_table
 from bitdance_rt.reference.kv_cache import KVCache
 from bitdance_rt.reference.rope import apply_rotate_half, rotate_half_tables
 
@@ -219,7 +220,7 @@ class Qwen3Backbone(nn.Module):
     def __init__(self, config: Qwen3Config):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = embedding_table(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Qwen3DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
