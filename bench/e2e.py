@@ -411,9 +411,9 @@ def tiny_model(name: str, root: Path) -> Family:
     """A tiny model (``tiny-t2i-<P>x`` or ``tiny-c2i-<P>x``) written by ``bitdance_rt.tiny_models`` under ``root``
     and loaded on the CPU in float32."""
     match = TINY_NAME.fullmatch(name)
-    family, parallel = match.group(1), int(match.group(2))
+    kind, parallel = match.group(1), int(match.group(2))
     cpu = torch.device("cpu")
-    if family == "t2i":
+    if kind == "t2i":
         return family_of(load_t2i(write_tiny_t2i(root / name, parallel_num=parallel), cpu, torch.float32))
     model_path, ae_path = write_tiny_c2i(root / name, parallel_num=parallel)
     return family_of(load_c2i(model_path, ae_path, cpu, torch.float32))
