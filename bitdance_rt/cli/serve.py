@@ -124,7 +124,7 @@ def _config(a: argparse.Namespace, model_name: str):
 def _limits(a: argparse.Namespace) -> dict:
     """``Runtime.from_pretrained``'s serving limits. The tiny model on the CPU defaults to ``TINY_MAX_BATCH`` rows:
     a continuous batch computes all its rows every step."""
-    from ..serving.limits import DEFAULT_MAX_BATCH, check_max_batch, parse_memory_budget
+    from ..batching.limits import DEFAULT_MAX_BATCH, check_max_batch, parse_memory_budget
 
     default = TINY_MAX_BATCH if a.tiny else DEFAULT_MAX_BATCH
     limits = {"max_batch": default if a.max_batch is None else a.max_batch, "memory_budget": a.memory_budget}

@@ -1,5 +1,5 @@
 """A stand-in for ``Runtime`` with its serving interface (``submit``, ``start_worker``, ``stop_worker``, ``stats``
-and request handles, as in ``bitdance_rt/serving/handle.py``), for the HTTP server's tests: no model, no torch
+and request handles, as in ``bitdance_rt/batching/handle.py``), for the HTTP server's tests: no model, no torch
 work, milliseconds per request; failures and a paused worker on demand.
 
 ``FakeRuntime(family="t2i", parallel=64, downsample=16, step_time=0.005)``: a text-to-image (or ``"c2i"``) model
