@@ -7,7 +7,8 @@ Work hoisted out of the loop:
 - per model: all adaLN linears of the head and the final layer's modulation stacked into one matrix, so one GEMM
   per sampling step makes every block's scale/shift/gate.
 Per sampling step: ``input_proj`` of the conditional half only (both halves see the same x), the blocks through
-``layernorm_modulate`` / ``patch_attention`` / ``gated_residual`` / ``swiglu`` with torch matmuls for the linears,
+``layernorm_modulate`` / ``patch_attention`` / ``gated_residual`` / ``swiglu`` with ``linear.linear`` for the GEMMs
+(F.linear, or the ``quantized_linear`` operation for 8-bit weights),
 the final layer, then ``sampler_step`` (velocity, guidance, score, drift, noise) in one kernel; the last step is
 ``sampler_final`` (Euler step and sign). Shapes: conditioning ``[rows, P, C_cond]``, noise ``[N + 1, rows/m, P, C]``.
 ``sample_keyed`` is the same loop with the noise drawn from per-row Philox keys (``sampler_step_keyed``: in the
