@@ -51,3 +51,17 @@ def test_quantized_load_and_memory_report(t2i64_dir, quantization):
     # the float32 weights of the quantized linears became 1-byte codes plus one float32 scale per output row
     saved = sum(m.in_features * m.out_features * 3 - m.out_features * 4 for m in quantized)
     assert float_mem["weights_bytes"] - mem["weights_bytes"] == saved
+
+
+def test_cli_takes_quantization(t2i64_dir, capsys):
+    import json
+
+    from bitdance_rt.cli import main
+
+    assert main(["info", str(t2i64_dir), "--json", "--device", "cpu", "--backend", "triton",
+                 "--quantization", "fp8"]) == 0
+    kernels = json.loads(capsys.readouterr().out)["kernels"]
+    assert kernels["quantization"].startswith("fp8") and "quantized_linear" in kernels["triton"].split()
+    with pytest.raises(SystemExit):
+        main(["info", str(t2i64_dir), "--quantization", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
