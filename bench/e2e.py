@@ -7,6 +7,16 @@ Run from the repository root on a CUDA GPU::
                         [--size 1024x1024] [--backends reference,triton] [--out bench/results/e2e-<gpu>-<commit>.json]
     python bench/e2e.py --tiny   # the tiny models on the CPU, to check the plumbing without a GPU: the reference
                                  # backend, and the engine too when TRITON_INTERPRET=1 is set (Triton's interpreter)
+    python bench/e2e.py --quantization fp8|int8 [--memory-cap-gib 24] ...   # 8-bit weights (issue 12)
+
+``--quantization``: the built model's backbone and head linears are quantized in place (``quantize_linears``, the
+loader's rule and per-tensor quantizers) and re-fused, as ``Runtime.from_pretrained(quantization=)`` holds them; the
+weight-streaming floor then counts one byte per quantized parameter (the scales, 4 bytes per output row, are left
+out), the compute floor keeps the bf16 matmul rate (fp8 tensor cores are faster: the floor is conservative).
+``--memory-cap-gib G``: after the model is built and quantized, ``torch.cuda.set_per_process_memory_fraction`` caps
+the process at G GiB for the runs (a run that does not fit fails with CUDA out-of-memory, recorded as such): the
+"fits a 24 GB card" check of serving. Building the bf16 random weights before quantizing is not under the cap; the
+loader's own peak (one tensor at a time) is a separate check.
 
 Models are built in memory (``model_shapes.build_model``: bf16, random weights drawn on the GPU); each backend gets
 a fresh ``Runtime`` over the same weights, one backend after the other (the engine's fused weights are views the
@@ -50,7 +60,11 @@ import floors
 import model_shapes
 import torch
 
+from bitdance_rt.loading.fused_weights import fuse_for_engine
 from bitdance_rt.platform import triton_interpreter_on
+from bitdance_rt.quantization.formats import RUNTIME_ACT_QUANT, check_quantization
+from bitdance_rt.quantization.modules import quantizable_linears, quantize_linears
+from bitdance_rt.reference.qwen3 import Qwen3Backbone
 from bitdance_rt.families import Family, family_of
 from bitdance_rt.loading.c2i_checkpoint import load_c2i
 from bitdance_rt.loading.t2i_checkpoint import load_t2i
@@ -320,7 +334,7 @@ def floor_table(work: dict[str, dict[str, float]], rates: dict[str, float | None
 
 def engine_run(run: dict) -> dict | None:
     """The engine's results the targets judge: the CUDA-kernel engine if it ran, else the Triton one."""
-    return next((run["backends"][b] for b in ENGINE_BACKENDS if b in run["backends"]), None)
+    return next((run["backends"][b] for b in ENGINE_BACKENDS if "total_s" in run["backends"].get(b, {})), None)
 
 
 def engine_metrics(run: dict) -> dict[str, float]:
@@ -328,7 +342,7 @@ def engine_metrics(run: dict) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if engine is None:
         return metrics
-    if reference is not None:
+    if reference is not None and "total_s" in reference:
         metrics["speedup"] = reference["total_s"] / engine["total_s"]
     if fl["weight_total_s"]:
         metrics["weight_floor"] = engine["total_s"] / fl["weight_total_s"]
@@ -382,11 +396,16 @@ def _cells(values: list[float | None], width: int = 10) -> str:
 
 def print_run(name: str, run: dict, device_text: str) -> None:
     b = run["batch"]
+    weights = f"{run['quantization'] or 'float'} weights {run['weights_gib']:.2f} GiB" + (
+        f", capped at {run['memory_cap_gib']:g} GiB" if run["memory_cap_gib"] is not None else "")
     print(f"\n== {name}  {run['height']}x{run['width']}  batch {b}  {run['steps']} steps  guidance "
-          f"{run['guidance']:g}  {run['ar_steps']} AR steps of P={run['parallel']}  ({device_text}) ==")
+          f"{run['guidance']:g}  {run['ar_steps']} AR steps of P={run['parallel']}  ({device_text}; {weights}) ==")
     print(f"{'':14}{'total s':>10} | per image s:{'total':>10}" + "".join(f"{s:>10}" for s in STAGES)
           + f" | {'peak GiB':>8}")
     for backend, r in run["backends"].items():
+        if "out_of_memory" in r:
+            print(f"{backend:14} out of memory under the {run['memory_cap_gib']:g} GiB cap")
+            continue
         per_image = [r["per_image_s"]] + [r["stages_s"][s] / b for s in STAGES]
         peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
         print(f"{backend:14}{_cells([r['total_s']])} |{'':13}{_cells(per_image)} | {peak:>8}")
@@ -407,16 +426,25 @@ def print_run(name: str, run: dict, device_text: str) -> None:
 # Models, settings, main
 # ----------------------------------------------------------------------------------------------------------------
 
-def tiny_model(name: str, root: Path) -> Family:
+def quantize_in_place(model, fmt: str) -> None:
+    """The built model's backbone and head linears to ``fmt`` (the runtime's rule: ``loading/quantized_load.py``),
+    then fused again, so it holds what ``Runtime.from_pretrained(quantization=fmt)`` would."""
+    for part in (model.backbone, model.head):
+        quantize_linears(part, quantizable_linears(part), fmt, act_quant=RUNTIME_ACT_QUANT[fmt])
+    fuse_for_engine(model.backbone if isinstance(model.backbone, Qwen3Backbone) else None, model.head)
+
+
+def tiny_model(name: str, root: Path, quantization: str | None = None) -> Family:
     """A tiny model (``tiny-t2i-<P>x`` or ``tiny-c2i-<P>x``) written by ``bitdance_rt.tiny_models`` under ``root``
     and loaded on the CPU in float32."""
     match = TINY_NAME.fullmatch(name)
     kind, parallel = match.group(1), int(match.group(2))
     cpu = torch.device("cpu")
     if kind == "t2i":
-        return family_of(load_t2i(write_tiny_t2i(root / name, parallel_num=parallel), cpu, torch.float32))
+        return family_of(load_t2i(write_tiny_t2i(root / name, parallel_num=parallel), cpu, torch.float32,
+                                  quantization))
     model_path, ae_path = write_tiny_c2i(root / name, parallel_num=parallel)
-    return family_of(load_c2i(model_path, ae_path, cpu, torch.float32))
+    return family_of(load_c2i(model_path, ae_path, cpu, torch.float32, quantization=quantization))
 
 
 def requests_for(family: Family, args: argparse.Namespace) -> list[Request]:
@@ -428,11 +456,11 @@ def requests_for(family: Family, args: argparse.Namespace) -> list[Request]:
 
 
 def run_model(name: str, model, args: argparse.Namespace, device: torch.device,
-              dtype: torch.dtype, rates: dict) -> list[dict]:
-    """Every batch size of one model on every backend: runs, floors and targets, printed and returned."""
+              dtype: torch.dtype, rates: dict, roles: model_shapes.ParameterRoles) -> list[dict]:
+    """Every batch size of one model on every backend: runs, floors and targets, printed and returned. ``roles``:
+    the parameters by role, counted before quantizing (a quantized linear has no parameters)."""
     family = family_of(model)
-    roles = model_shapes.parameter_roles(model_shapes.model_parts(family))
-    element_bytes = torch.finfo(dtype).bits // 8
+    element_bytes = 1 if args.quantization else torch.finfo(dtype).bits // 8
     runs = []
     for req in requests_for(family, args):
         grid = token_grid(req.height, req.width, family.downsample, family.parallel)
@@ -440,10 +468,18 @@ def run_model(name: str, model, args: argparse.Namespace, device: torch.device,
         work = stage_work(roles, prefix_lengths(family, req), family.parallel, num_ar, req.steps, element_bytes)
         chunk = args.decode_chunk or max(1, DECODE_PIXELS // (req.height * req.width))
         run = {"model": name, **asdict(req), "parallel": family.parallel, "ar_steps": num_ar, "decode_chunk": chunk,
+               "quantization": args.quantization, "memory_cap_gib": args.memory_cap_gib,
+               "weights_gib": family.weights_bytes() / GIB,
                "parameters": asdict(roles), "floors": floor_table(work, rates), "backends": {}}
         for backend in args.backends:
             runtime = Runtime(family, device, dtype, backend)
-            run["backends"][backend] = run_backend(runtime, req, chunk)
+            try:
+                run["backends"][backend] = run_backend(runtime, req, chunk)
+            except torch.cuda.OutOfMemoryError as e:
+                if args.memory_cap_gib is None:
+                    raise
+                run["backends"][backend] = {"out_of_memory": str(e).splitlines()[0]}
+                print(f"{backend}: out of memory under the {args.memory_cap_gib:g} GiB cap")
             del runtime
             release_memory(device)
         run["targets"] = verdicts(run, name)
@@ -490,7 +526,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--decode-chunk", type=int, default=0, help="images per token-decoder call (default: 4 Mpixel)")
     p.add_argument("--out", type=Path, help="JSON path (default bench/results/e2e-<gpu>-<commit>.json)")
     p.add_argument("--tiny", action="store_true", help="the tiny models on the CPU (checks the script's plumbing)")
+    p.add_argument("--quantization", choices=["fp8", "int8"], help="8-bit backbone and head linears (issue 12)")
+    p.add_argument("--memory-cap-gib", type=float, help="cap the process at this many GiB once the model is built "
+                                                        "(torch.cuda.set_per_process_memory_fraction), e.g. 24")
     args = p.parse_args(argv)
+    if args.memory_cap_gib is not None and (args.tiny or not args.memory_cap_gib > 0):
+        p.error("--memory-cap-gib takes a positive number of GiB and needs a CUDA device (not --tiny)")
+    if args.quantization and not args.tiny:
+        check_quantization(args.quantization, torch.device("cuda", torch.cuda.current_device()))
     if not args.tiny and not torch.cuda.is_available():
         p.error("no CUDA device: the released shapes need a GPU; run with --tiny to check the plumbing on the CPU")
     args.models = (args.models.split(",") if args.models
@@ -528,15 +571,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tiny_root, torch.no_grad():
         for name in args.models:
             if args.tiny:
-                model = tiny_model(name, Path(tiny_root))
+                roles = model_shapes.parameter_roles(model_shapes.model_parts(tiny_model(name, Path(tiny_root))))
+                model = tiny_model(name, Path(tiny_root), args.quantization)
             else:
                 model = model_shapes.build_model(model_shapes.RELEASED[name], device, dtype, args.seed)
-            runs += run_model(name, model, args, device, dtype, rates)
+                roles = model_shapes.parameter_roles(model_shapes.model_parts(model))
+                if args.quantization:
+                    quantize_in_place(model, args.quantization)
+                    release_memory(device)
+                if args.memory_cap_gib is not None:
+                    total = torch.cuda.get_device_properties(device).total_memory
+                    torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * GIB / total), device)
+            runs += run_model(name, model, args, device, dtype, rates, roles)
             del model
             release_memory(device)
     gpu = re.sub(r"[^a-z0-9]+", "-", environment["gpu"].lower()).strip("-")
     out = args.out or Path(__file__).parent / "results" / f"e2e-{'cpu-tiny' if args.tiny else gpu}-" \
-                                                          f"{environment['commit']}.json"
+                                                          f"{args.quantization or 'bf16'}-{environment['commit']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"environment": environment, "tiny": args.tiny, "dtype": str(dtype).removeprefix("torch."),
                                "rates": rates, "runs": runs}, indent=2) + "\n", encoding="utf-8")

@@ -24,6 +24,7 @@ from .engine import build_engine
 from .errors import InvalidRequestError
 from .families import Family, family_of, load_family
 from .outputs import GenerationOutput, format_images
+from .quantization.formats import check_quantization
 from .platform import engine_chain, resolve_backend, resolve_device, resolve_dtype
 from .request import GenerateCall, ImageRequest, RequestSpec, check_int, image_seeds, resolve_generate
 from .batching.handle import RequestHandle
@@ -62,7 +63,8 @@ class Runtime:
                         dtype: torch.dtype | str | None = None, backend: str = "auto",
                         tokenizer_path: str | Path | None = None, trust_pickle: bool = False,
                         max_batch: int = DEFAULT_MAX_BATCH, memory_budget: int | str | None = None,
-                        batch_invariant: bool = True, op_providers: dict[str, str] | None = None) -> "Runtime":
+                        batch_invariant: bool = True, op_providers: dict[str, str] | None = None,
+                        quantization: str | None = None) -> "Runtime":
         """Load a model. ``path``: a text-to-image directory or a class-conditional checkpoint file;
         ``tokenizer_path``: the class-conditional tokenizer file (``ae_d16c32.pt``); ``backend``: ``"auto"``
         (the engine on CUDA, the reference elsewhere), ``"reference"``, ``"triton"`` or ``"cuda"`` (see
@@ -70,16 +72,22 @@ class Runtime:
         for single operations (``"cuda"``, ``"triton"`` or ``"torch"``; see ``bitdance_rt.ops``). Serving limits
         (``submit``/``step``): ``max_batch`` rows per continuous batch (an image is 2 rows when guided),
         ``memory_budget`` in bytes or as ``"20GiB"`` (None: no limit), ``batch_invariant`` (every step computes the
-        whole batch, so an image does not depend on what shares it). Every argument is checked before any weight
-        is read."""
+        whole batch, so an image does not depend on what shares it). ``quantization``: None (the checkpoint's
+        precision), ``"fp8"`` (e4m3 weights with a scale per output channel, activations quantized per token on the
+        fly; CUDA compute capability >= 8.9) or ``"int8"`` (int8 weights with a scale per output channel, weight-only;
+        any GPU): every linear of the backbone and the diffusion head is quantized at load, one tensor at a time
+        from the released files (``loading/quantized_load.py``); on the CPU both run through the plain-PyTorch
+        reference math. Every argument is checked before any weight is read."""
         check_max_batch(max_batch)
         parse_memory_budget(memory_budget)
         dev = resolve_device(device)
+        quantization = check_quantization(quantization, dev)
         dt = resolve_dtype(dtype, dev)
         backend = resolve_backend(backend, dev)
         _check_op_providers(op_providers, dev, backend)
         with torch.inference_mode(False), torch.no_grad():
-            family = load_family(Path(path), tokenizer_path, dev, dt, trust_pickle=trust_pickle)
+            family = load_family(Path(path), tokenizer_path, dev, dt, trust_pickle=trust_pickle,
+                                 quantization=quantization)
         return cls(family, dev, dt, backend, max_batch=max_batch, memory_budget=memory_budget,
                    batch_invariant=batch_invariant, op_providers=op_providers)
 
@@ -99,7 +107,9 @@ class Runtime:
         """Family, backend, device, dtype, P, sizes, defaults and parameter counts of the loaded model; the engine's
         operations; the serving limits."""
         info: dict[str, Any] = {"backend": self.backend, "device": str(self.device),
-                                "dtype": str(self.dtype).replace("torch.", ""), **self.family.describe()}
+                                "dtype": str(self.dtype).replace("torch.", ""),
+                                "quantization": self.family.quantization, **self.family.describe()}
+        info["memory"] = self.memory_estimate()
         if self.engine is not None:
             from . import cuda_ext
 
@@ -113,6 +123,26 @@ class Runtime:
         info["serving"] = {**self._limits, "engine": "runtime engine" if self.engine is not None
                            else "engine with PyTorch operations (made on first submit)"}
         return info
+
+    def memory_estimate(self, num_images: int = 1, height: int | None = None, width: int | None = None,
+                        guidance_scale: float | None = None) -> dict[str, Any]:
+        """Device memory, estimated from the shapes (``engine/memory.py``): ``weights_bytes`` (the weights as held
+        on the device, 8-bit codes and scales included) and ``peak_bytes`` for one request of ``num_images`` images
+        of ``height × width`` (default: the model's size and guidance) served alone: weights, its batch (KV cache,
+        buffers, one AR step's activations) and its join (prefill or decoding its images)."""
+        from .engine.memory import peak_bytes
+        from .request import resolve_request
+
+        condition = {"prompt": "a photo"} if self.family.condition_field == "prompt" else {"class_label": 0}
+        spec = resolve_request(ImageRequest(**condition, num_images=num_images, height=height, width=width,
+                                            guidance_scale=guidance_scale), self.family)
+        placement = self.family.placement(spec)
+        runner = self.runner
+        batch = runner.batch_bytes(spec, spec.num_images, placement.max_len)
+        join = runner.join_bytes(spec, placement.prompt_len)
+        return {"quantization": self.family.quantization, "weights_bytes": runner.dims.weights_bytes,
+                "num_images": spec.num_images, "height": spec.height, "width": spec.width,
+                "batch_bytes": batch, "join_bytes": join, "peak_bytes": peak_bytes(runner.dims, batch, join)}
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompt: str | list[str] | None = None, *, class_labels: int | list[int] | None = None,

@@ -61,9 +61,11 @@ def run(a: argparse.Namespace) -> int:
             scratch = tempfile.mkdtemp(prefix="bitdance-tiny-")
             model = write_tiny_t2i(Path(scratch) / "tiny-t2i", parallel_num=64, seed=0)
             runtime = Runtime.from_pretrained(model, device=a.device or "cpu", dtype=a.dtype, backend=a.backend,
+                                              quantization=getattr(a, "quantization", None),
                                               **limits)
         else:
             runtime = Runtime.from_pretrained(a.model, device=a.device, dtype=a.dtype, backend=a.backend,
+                                              quantization=getattr(a, "quantization", None),
                                               tokenizer_path=a.tokenizer, trust_pickle=a.trust_pickle, **limits)
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # as Ctrl-C: Gradio closes its server
         try:

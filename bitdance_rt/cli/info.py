@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .model_options import add_quantization_argument
+
 NAME = "info"
 HELP = "family, sizes, parameter counts and dtypes of a checkpoint (reads no weights)"
 
@@ -17,6 +19,7 @@ def add_arguments(i: argparse.ArgumentParser) -> None:
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--device", help="device whose kernel choice to report (default: cuda if present, else cpu)")
     i.add_argument("--backend", default="auto", help="backend whose kernel choice to report (default: auto)")
+    add_quantization_argument(i)
 
 
 def run(a: argparse.Namespace) -> int:
@@ -24,6 +27,7 @@ def run(a: argparse.Namespace) -> int:
 
     info = inspect_checkpoint(a.model, a.tokenizer, a.trust_pickle)
     info["kernels"] = kernel_choice(a.device, a.backend)
+    info["kernels"]["quantization"] = quantization_choice(a.device, getattr(a, "quantization", None))
     if a.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -52,3 +56,13 @@ def kernel_choice(device: str | None, backend: str) -> dict[str, str]:
     out.update({provider: " ".join(names) for provider, names in by_provider.items()})
     out.update({f"{provider} skipped": why for provider, why in ops.skipped.items()})
     return out
+
+
+def quantization_choice(device: str | None, quantization: str | None) -> str:
+    """``--quantization`` checked for ``device`` (fp8 needs compute capability >= 8.9), in words."""
+    from ..platform import resolve_device
+    from ..quantization.formats import check_quantization
+
+    q = check_quantization(quantization, resolve_device(device))
+    return {None: "none (the checkpoint's precision)", "fp8": "fp8 (e4m3 weights with per-channel scales, "
+            "activations per token)", "int8": "int8 (weight-only, per-channel scales)"}[q]

@@ -1,5 +1,5 @@
 """The options every model-loading command shares (``--tokenizer``, ``--device``, ``--dtype``, ``--backend``,
-``--trust-pickle``) and the one place that turns them into a ``Runtime``."""
+``--quantization``, ``--trust-pickle``) and the one place that turns them into a ``Runtime``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--backend", default="auto",
                    help="auto (default: the engine on CUDA, the reference elsewhere), reference, triton or cuda")
+    add_quantization_argument(p)
+
+
+def add_quantization_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantization", choices=["fp8", "int8"],
+                   help="8-bit weights for the backbone's and head's linears, quantized at load: fp8 (e4m3 weights "
+                        "and activations, CUDA compute capability >= 8.9) or int8 (weight-only, any GPU); default: "
+                        "the checkpoint's precision")
 
 
 def load_runtime(a: argparse.Namespace, model=None, **options):
@@ -29,4 +37,5 @@ def load_runtime(a: argparse.Namespace, model=None, **options):
 
     return Runtime.from_pretrained(a.model if model is None else model, device=a.device, dtype=a.dtype,
                                    backend=a.backend, tokenizer_path=getattr(a, "tokenizer", None),
-                                   trust_pickle=getattr(a, "trust_pickle", False), **options)
+                                   trust_pickle=getattr(a, "trust_pickle", False),
+                                   quantization=getattr(a, "quantization", None), **options)

@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"images in each rank's continuous batch (default {DEFAULT_BATCH_SIZE})")
-    # --quantization: added by the 8-bit weights work; it fills SampleSettings.quantization (recorded in run.json).
+    # --quantization (from add_model_arguments) fills SampleSettings.quantization (recorded in run.json).
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help=f"seconds a rank waits for the others (loading, finishing) before giving up "
                         f"(default {DEFAULT_TIMEOUT_S:g})")
@@ -54,6 +54,7 @@ def settings_from_args(a: argparse.Namespace):
                           images_per_prompt=a.images_per_prompt, negative_prompt=a.negative_prompt, height=a.height,
                           width=a.width, num_sampling_steps=a.steps, guidance_scale=a.guidance, seed=a.seed,
                           batch_size=a.batch_size, device=a.device, dtype=a.dtype, backend=a.backend,
+                          quantization=a.quantization,
                           trust_pickle=a.trust_pickle, timeout_s=a.timeout, progress=not a.no_progress)
 
 

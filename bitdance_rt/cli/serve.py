@@ -166,11 +166,12 @@ def _serve(a: argparse.Namespace, config, limits: dict) -> int:
             scratch = tempfile.mkdtemp(prefix="bitdance-tiny-")
             model = write_tiny_t2i(Path(scratch) / "tiny-t2i", parallel_num=64, seed=0)
             runtime = Runtime.from_pretrained(model, device=a.device or "cpu", dtype=a.dtype, backend=a.backend,
-                                              **limits)
+                                              quantization=a.quantization, **limits)
         else:
             model = a.model
             runtime = Runtime.from_pretrained(model, device=a.device, dtype=a.dtype, backend=a.backend,
-                                              tokenizer_path=a.tokenizer, trust_pickle=a.trust_pickle, **limits)
+                                              tokenizer_path=a.tokenizer, trust_pickle=a.trust_pickle,
+                                              quantization=a.quantization, **limits)
         try:
             server = ImageServer(runtime, a.host, a.port, config)
         except OSError as e:

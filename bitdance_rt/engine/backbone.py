@@ -5,7 +5,8 @@ Per layer: ``rmsnorm_residual`` (the family's rounding style) -> one GEMM for q/
 (``qk_norm_rope_append``: q/k RMSNorm and rotate-half RoPE, or ``rope_append_interleaved``: interleaved RoPE; K/V
 written into the cache at each row's length) -> ``attend(layer, q)`` (prefill or decode attention, chosen by the
 caller) -> the output projection -> ``rmsnorm_residual`` -> one GEMM for gate/up -> ``swiglu`` -> the down projection.
-An input RMSNorm (class-conditional ``emb_norm``) runs first when the family has one; the final norm closes.
+Every GEMM goes through ``linear.linear``: ``F.linear`` for float weights, the ``quantized_linear`` operation for 8-bit
+ones. An input RMSNorm (class-conditional ``emb_norm``) runs first when the family has one; the final norm closes.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..families.backbone_layout import BackboneLayout
 from ..ops import OpSet
+from .linear import linear
 from .static_cache import StaticKVCache
 
 Attend = Callable[[int, torch.Tensor], torch.Tensor]
@@ -34,7 +35,7 @@ def run_layers(ops: OpSet, layout: BackboneLayout, x: torch.Tensor, cache: Stati
     residual = None
     for i, w in enumerate(layout.layers):
         y, residual = ops.rmsnorm_residual(h, residual, w.attn_norm, eps, style=style)
-        qkv = F.linear(y, w.qkv, w.qkv_bias).view(b, t, hq + 2 * hkv, d)
+        qkv = linear(ops, y, w.qkv, w.qkv_bias).view(b, t, hq + 2 * hkv, d)
         q, k, v = qkv[:, :, :hq], qkv[:, :, hq:hq + hkv], qkv[:, :, hq + hkv:]
         if w.q_norm is not None:
             q = ops.qk_norm_rope_append(q, k, v, w.q_norm, w.k_norm, eps, layout.cos, layout.sin, cache.keys[i],
@@ -43,8 +44,8 @@ def run_layers(ops: OpSet, layout: BackboneLayout, x: torch.Tensor, cache: Stati
             q = ops.rope_append_interleaved(q, k, v, layout.cos, layout.sin, cache.keys[i], cache.values[i],
                                             cache.lengths)
         out = attend(i, q).transpose(1, 2).reshape(b * t, hq * d)
-        h = F.linear(out, w.out, w.out_bias)
+        h = linear(ops, out, w.out, w.out_bias)
         y, residual = ops.rmsnorm_residual(h, residual, w.ffn_norm, eps, style=style)
-        h = F.linear(ops.swiglu(F.linear(y, w.gate_up)), w.down)
+        h = linear(ops, ops.swiglu(linear(ops, y, w.gate_up)), w.down)
     y, _ = ops.rmsnorm_residual(h, residual, layout.final_norm, eps, style=style)
     return y.view(b, t, width)

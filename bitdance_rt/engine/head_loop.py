@@ -7,7 +7,8 @@ Work hoisted out of the loop:
 - per model: all adaLN linears of the head and the final layer's modulation stacked into one matrix, so one GEMM
   per sampling step makes every block's scale/shift/gate.
 Per sampling step: ``input_proj`` of the conditional half only (both halves see the same x), the blocks through
-``layernorm_modulate`` / ``patch_attention`` / ``gated_residual`` / ``swiglu`` with torch matmuls for the linears,
+``layernorm_modulate`` / ``patch_attention`` / ``gated_residual`` / ``swiglu`` with ``linear.linear`` for the GEMMs
+(F.linear, or the ``quantized_linear`` operation for 8-bit weights),
 the final layer, then ``sampler_step`` (velocity, guidance, score, drift, noise) in one kernel; the last step is
 ``sampler_final`` (Euler step and sign). Shapes: conditioning ``[rows, P, C_cond]``, noise ``[N + 1, rows/m, P, C]``.
 ``sample_keyed`` is the same loop with the noise drawn from per-row Philox keys (``sampler_step_keyed``: in the
@@ -22,8 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import OpSet
+from .linear import linear, weight_and_bias
 from ..reference.diffusion_head import LN_EPS, DiffusionHead
 from ..reference.sampler import LAST_STEP_SIZE, running_times, step_times
+
+
+# the GEMMs of a head block, by module name (a block has the ones of its kind)
+BLOCK_LINEARS = ("attn.wqkv", "attn.wo", "w1", "w2", "mlp.0", "mlp.2")
 
 
 @dataclass
@@ -41,6 +47,10 @@ class FusedHead:
         self.cfg = cfg
         self.mods_per_block = 6 if cfg.block_kind == "trans" else 3
         self.adaln_weight, self.adaln_bias = head.adaln_weight, head.adaln_bias  # fused at load
+        # every other GEMM's (weight, bias), float or 8-bit (``linear.linear`` takes either), read once
+        self.cond_embed = weight_and_bias(head.cond_embed)
+        self.block_linears = [{name: weight_and_bias(m) for name, m in blk.named_modules() if name in BLOCK_LINEARS}
+                              for blk in head.res_blocks]
         self._times: dict[int, StepTimes] = {}
 
     def step_times(self, num_steps: int) -> StepTimes:
@@ -55,7 +65,7 @@ class FusedHead:
     def modulations(self, y: torch.Tensor) -> tuple[list[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
         """One GEMM for every adaLN linear: per adaLN linear its chunks, and the final layer's (scale, shift)."""
         d = self.cfg.width
-        mods = F.linear(y, self.adaln_weight, self.adaln_bias)  # [N, (n·k + 2)·D]
+        mods = linear(self.ops, y, self.adaln_weight, self.adaln_bias)  # [N, (n·k + 2)·D]
         per = self.mods_per_block * d
         blocks = [tuple(mods[:, k * per + j * d:k * per + (j + 1) * d] for j in range(self.mods_per_block))
                   for k in range(self.cfg.num_adaln)]
@@ -72,29 +82,33 @@ class FusedHead:
         block_mods, (f_scale, f_shift) = self.modulations(y)
         for i, blk in enumerate(head.res_blocks):
             mod = block_mods[i // cfg.adaln_every]
+            lin = self.block_linears[i]
             if cfg.block_kind == "trans":
-                x = self._trans_block(blk, x, mod, mult * b, p)
+                x = self._trans_block(blk, lin, x, mod, mult * b, p)
             else:
                 scale, shift, gate = mod
                 h = self.ops.layernorm_modulate(x, scale, shift, blk.norm.weight, blk.norm.bias, LN_EPS)
-                h = F.linear(self.ops.swiglu(F.linear(h, blk.w1.weight, blk.w1.bias)), blk.w2.weight, blk.w2.bias)
+                h = self._linear(self.ops.swiglu(self._linear(h, lin["w1"])), lin["w2"])
                 x = self.ops.gated_residual(x, h, gate, out=x)
         h = self.ops.layernorm_modulate(x, f_scale, f_shift, None, None, LN_EPS)
         out = head.final_layer.linear(h).reshape(mult * b, p, cfg.token_channels)
         return 2 * torch.sigmoid(out) - 1 if cfg.sigmoid_output else out
 
-    def _trans_block(self, blk, x: torch.Tensor, mod, rows: int, p: int) -> torch.Tensor:
+    def _linear(self, x: torch.Tensor, weight_bias) -> torch.Tensor:
+        return linear(self.ops, x, *weight_bias)
+
+    def _trans_block(self, blk, lin: dict, x: torch.Tensor, mod, rows: int, p: int) -> torch.Tensor:
         cfg = self.cfg
         scale1, shift1, gate1, scale2, shift2, gate2 = mod
         h = self.ops.layernorm_modulate(x, scale1, shift1, blk.norm1.weight, blk.norm1.bias, LN_EPS)
-        qkv = F.linear(h, blk.attn.wqkv.weight, blk.attn.wqkv.bias).reshape(rows, p, 3 * cfg.width)
+        qkv = self._linear(h, lin["attn.wqkv"]).reshape(rows, p, 3 * cfg.width)
         att = self.ops.patch_attention(qkv, cfg.attn_head_dim).reshape(rows * p, cfg.width)
-        x = self.ops.gated_residual(x, F.linear(att, blk.attn.wo.weight, blk.attn.wo.bias), gate1, out=x)
+        x = self.ops.gated_residual(x, self._linear(att, lin["attn.wo"]), gate1, out=x)
         h = self.ops.layernorm_modulate(x, scale2, shift2, blk.norm2.weight, blk.norm2.bias, LN_EPS)
         if cfg.use_swiglu:
-            h = F.linear(self.ops.swiglu(F.linear(h, blk.w1.weight, blk.w1.bias)), blk.w2.weight, blk.w2.bias)
+            h = self._linear(self.ops.swiglu(self._linear(h, lin["w1"])), lin["w2"])
         else:
-            h = blk.mlp(h)
+            h = self._linear(F.silu(self._linear(h, lin["mlp.0"])), lin["mlp.2"])
         return self.ops.gated_residual(x, h, gate2, out=x)
 
     def sample(self, cond: torch.Tensor, noise: torch.Tensor, cfg_scale: float | torch.Tensor, guided: bool,
@@ -124,7 +138,7 @@ class FusedHead:
         mult = 2 if guided else 1
         rows, p, _ = cond.shape
         dtype = self.head.input_proj.weight.dtype
-        c_emb = self.head.cond_embed(cond.to(dtype)).reshape(rows * p, self.cfg.width)
+        c_emb = linear(self.ops, cond.to(dtype), *self.cond_embed).reshape(rows * p, self.cfg.width)
         num_steps = times.times.shape[0] - 1
         for i in range(num_steps):
             y = F.silu(c_emb + times.embeddings[i])

@@ -7,8 +7,15 @@ rounding and small temporaries.
   buffers of ``SlotBatch`` (``SlotBatch.buffer_bytes``, the same count its ``nbytes`` reports) and the activations of one AR step over all rows (backbone: q/k/v, attention output,
   gate/up, a few hidden-sized tensors per token; head: about a dozen float32 head-width tensors per token; with the
   PyTorch attention provider, the dense float32 score matrices).
+  With fp8 weights (W8A8) the activations also get their e4m3 codes and per-token scales before each GEMM (one
+  byte per element of the widest GEMM input, the FFN's); int8 weights are weight-only and add nothing there.
 - ``join_bytes``: the joining request's prefill activations (its rows × prompt length, dense scores with the
   PyTorch provider) plus decoding its images (a few full-resolution feature maps of the decoder's widest top level).
+- ``peak_bytes``: what the device holds at the peak of serving one request alone: the weights as held on the device
+  (``weights_bytes``: 8-bit codes and their scales when quantized), its batch and its join.
+
+The weights are not part of the scheduler's ``memory_budget`` (it bounds what the batches add); ``peak_bytes`` is for
+``Runtime.describe()["memory"]`` and ``Runtime.memory_estimate``.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ class ModelDims:
     dense_attention: bool
 
     token_bytes: int
+    quantization: str | None = None   # None, "fp8" or "int8": how the backbone's and head's linears are held
+    weights_bytes: int = 0            # every part's parameters and buffers as held on the device
 
     @classmethod
     def of(cls, engine, family) -> "ModelDims":
@@ -48,7 +57,8 @@ class ModelDims:
                    token_bytes=engine.token_dtype.itemsize,
                    head_width=engine.head.cfg.width, channels=engine.token_channels, patch=engine.patch,
                    decoder_width=decoder.level_channels[0],
-                   dense_attention=engine.ops.chosen.get("block_attention_decode") == "torch")
+                   dense_attention=engine.ops.chosen.get("block_attention_decode") == "torch",
+                   quantization=family.quantization, weights_bytes=family.weights_bytes())
 
     def kv_bytes_per_position(self) -> int:
         return self.layers * 2 * self.kv_heads * self.head_dim * self.element_bytes
@@ -57,7 +67,8 @@ class ModelDims:
         """One backbone pass over ``tokens`` tokens attending to ``keys`` positions each."""
         per_token = (4 * self.width + (self.heads + 2 * self.kv_heads) * self.head_dim + 3 * self.ffn_width)
         scores = 2 * self.heads * keys * FLOAT32 if self.dense_attention else 0
-        return tokens * (per_token * self.element_bytes + scores)
+        fp8_codes = max(self.width, self.ffn_width) + FLOAT32 if self.quantization == "fp8" else 0
+        return tokens * (per_token * self.element_bytes + scores + fp8_codes)
 
 
 def batch_bytes(d: ModelDims, slots: int, mult: int, max_len: int, num_steps: int) -> int:
@@ -74,3 +85,8 @@ def join_bytes(d: ModelDims, rows: int, prompt_len: int, images: int, height: in
     prefill = d.backbone_activations(rows * prompt_len, prompt_len)
     decode = images * height * width * d.decoder_width * FLOAT32 * DECODER_LIVE_MAPS if decodes else 0
     return max(prefill, decode)
+
+
+def peak_bytes(d: ModelDims, batch: int, join: int) -> int:
+    """Weights plus a batch (``batch_bytes``) plus a join (``join_bytes``) at once: the estimated device peak."""
+    return d.weights_bytes + batch + join

@@ -19,7 +19,8 @@ __all__ = ["Family", "Placement", "TextToImage", "ClassConditional", "load_famil
 
 
 def load_family(path: Path, tokenizer_path: Path | None, device: torch.device, dtype: torch.dtype,
-                trust_pickle: bool = False) -> Family:
+                trust_pickle: bool = False, quantization: str | None = None) -> Family:
+    """``quantization``: None, "fp8" or "int8", already checked (``quantization.check_quantization``)."""
     from ..loading.c2i_checkpoint import load_c2i
     from ..loading.t2i_checkpoint import is_t2i_directory, load_t2i
 
@@ -31,10 +32,11 @@ def load_family(path: Path, tokenizer_path: Path | None, device: torch.device, d
         if tokenizer_path is not None:
             raise InvalidRequestError("tokenizer_path is only for class-conditional checkpoints; the "
                                       "text-to-image directory carries its own tokenizer.")
-        return TextToImage(load_t2i(path, device, dtype))
+        return TextToImage(load_t2i(path, device, dtype, quantization))
     if path.is_file():
         return ClassConditional(load_c2i(path, Path(tokenizer_path) if tokenizer_path is not None else None, device,
-                                         dtype, trust_pickle=trust_pickle))
+                                         dtype, trust_pickle=trust_pickle,
+                                         quantization=quantization))
     raise CheckpointError(f"{path} is a directory without config.json: not a text-to-image model directory (and a "
                           "class-conditional checkpoint is a single file).")
 

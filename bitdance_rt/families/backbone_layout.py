@@ -13,20 +13,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from ..quantization.modules import QuantizedLinear
+from ..quantization.quantized_weight import QuantizedWeight
 
 
 @dataclass(frozen=True)
 class LayerWeights:
+    """One layer's tensors. The four projection weights are float tensors, or ``QuantizedWeight``s when the model
+    was loaded with 8-bit weights (``quantization/``); the engine's ``linear`` takes either."""
     attn_norm: torch.Tensor
-    qkv: torch.Tensor                   # [(Hq + 2·Hkv)·D, W]: q, k and v projections, one GEMM
+    qkv: torch.Tensor | QuantizedWeight  # [(Hq + 2·Hkv)·D, W]: q, k and v projections, one GEMM
     qkv_bias: torch.Tensor | None
     q_norm: torch.Tensor | None         # [D] when queries and keys are RMS-normalised before RoPE
     k_norm: torch.Tensor | None
-    out: torch.Tensor                   # [W, Hq·D]
+    out: torch.Tensor | QuantizedWeight  # [W, Hq·D]
     out_bias: torch.Tensor | None
     ffn_norm: torch.Tensor
-    gate_up: torch.Tensor               # [2·F, W]: gate and up projections, one GEMM (SwiGLU's halves)
-    down: torch.Tensor                  # [W, F]
+    gate_up: torch.Tensor | QuantizedWeight  # [2·F, W]: gate and up projections, one GEMM (SwiGLU's halves)
+    down: torch.Tensor | QuantizedWeight  # [W, F]
 
 
 @dataclass(frozen=True)
@@ -51,3 +57,9 @@ class BackboneLayout:
     @property
     def dtype(self) -> torch.dtype:
         return self.final_norm.dtype
+
+
+def projection(module: nn.Module) -> torch.Tensor | QuantizedWeight:
+    """A loaded projection's weight as the layer loop takes it: the float tensor of an ``nn.Linear``, the
+    ``QuantizedWeight`` of a ``QuantizedLinear``."""
+    return module.qweight if isinstance(module, QuantizedLinear) else module.weight

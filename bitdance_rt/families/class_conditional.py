@@ -11,7 +11,7 @@ import torch
 from ..errors import InvalidRequestError
 from ..reference.sampler import linear_guidance
 from ..reference.c2i_backbone import NORM_EPS
-from .backbone_layout import BackboneLayout, LayerWeights
+from .backbone_layout import BackboneLayout, LayerWeights, projection
 from .family import Family, Placement
 
 C2I_STEPS = 100
@@ -113,10 +113,10 @@ class ClassConditional(Family):
     # ------------------------------------------------------------------ the engine's questions
     def _build_layout(self) -> BackboneLayout:
         bb, cfg = self.model.backbone, self.config
-        layers = tuple(LayerWeights(attn_norm=l.attention_norm.weight, qkv=l.attention.wqkv.weight, qkv_bias=None,
-                                    q_norm=None, k_norm=None, out=l.attention.wo.weight, out_bias=None,
-                                    ffn_norm=l.ffn_norm.weight, gate_up=l.feed_forward.w1.weight,
-                                    down=l.feed_forward.w2.weight) for l in bb.layers)
+        layers = tuple(LayerWeights(attn_norm=l.attention_norm.weight, qkv=projection(l.attention.wqkv), qkv_bias=None,
+                                    q_norm=None, k_norm=None, out=projection(l.attention.wo), out_bias=None,
+                                    ffn_norm=l.ffn_norm.weight, gate_up=projection(l.feed_forward.w1),
+                                    down=projection(l.feed_forward.w2)) for l in bb.layers)
         cos, sin = bb.rope_tables()
         return BackboneLayout(width=cfg.dim, heads=cfg.num_heads, kv_heads=cfg.num_heads, head_dim=cfg.head_dim,
                               ffn_width=layers[0].down.shape[1], eps=NORM_EPS, norm_style="torch",

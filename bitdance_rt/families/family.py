@@ -43,6 +43,23 @@ class Family:
 
     # ------------------------------------------------------------------ model facts
     @property
+    def quantization(self) -> str | None:
+        """``"fp8"`` or ``"int8"`` when the backbone's and head's linears were loaded as 8-bit weights, else None."""
+        from ..quantization.modules import QuantizedLinear
+
+        for part in (self.model.backbone, self.model.head):
+            for m in part.modules():
+                if isinstance(m, QuantizedLinear):
+                    return m.fmt
+        return None
+
+    def weights_bytes(self) -> int:
+        """Bytes of every part's parameters and buffers as held on the device (8-bit codes and scales included)."""
+        from ..quantization.modules import weights_bytes
+
+        return sum(weights_bytes(m) for m in self.modules().values())
+
+    @property
     def parallel(self) -> int:
         """P: tokens per AR step."""
         return self.model.parallel

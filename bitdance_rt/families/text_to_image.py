@@ -10,7 +10,7 @@ from ..prompt_tokenizer import chat_prompt
 from ..sizes import T2I_SIZES, token_grid
 from ..reference.rope import rotate_half_tables
 from ..reference.t2i_embeddings import t2i_position_table
-from .backbone_layout import BackboneLayout, LayerWeights
+from .backbone_layout import BackboneLayout, LayerWeights, projection
 from .family import Family, Placement
 
 T2I_DEFAULTS = {"height": 1024, "width": 1024, "num_sampling_steps": 50, "guidance_scale": 7.5}
@@ -115,9 +115,9 @@ class TextToImage(Family):
         bb, cfg = self.model.backbone, self.model.backbone_config
         layers = tuple(LayerWeights(attn_norm=l.input_layernorm.weight, qkv=l.self_attn.qkv_weight,
                                     qkv_bias=l.self_attn.qkv_bias, q_norm=l.self_attn.q_norm.weight,
-                                    k_norm=l.self_attn.k_norm.weight, out=l.self_attn.o_proj.weight,
+                                    k_norm=l.self_attn.k_norm.weight, out=projection(l.self_attn.o_proj),
                                     out_bias=l.self_attn.o_proj.bias, ffn_norm=l.post_attention_layernorm.weight,
-                                    gate_up=l.mlp.gate_up_weight, down=l.mlp.down_proj.weight) for l in bb.layers)
+                                    gate_up=l.mlp.gate_up_weight, down=projection(l.mlp.down_proj)) for l in bb.layers)
         device = bb.embed_tokens.weight.device
         cos, sin = rotate_half_tables(torch.arange(MAX_POSITIONS, device=device), cfg.head_dim, cfg.rope_theta)
         return BackboneLayout(width=cfg.hidden_size, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,

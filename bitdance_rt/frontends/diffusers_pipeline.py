@@ -25,7 +25,6 @@ It loads the release's layout and the community diffusers port's layout (``port_
 
 from __future__ import annotations
 
-import inspect
 import numbers
 import secrets
 from pathlib import Path
@@ -41,6 +40,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - exercised only without th
 
 from ..errors import InvalidRequestError
 from ..platform import resolve_device
+from ..quantization.formats import check_quantization
 from ..runtime import Runtime
 from .diffusers_outputs import check_output_type, diffusers_images, empty_images, runtime_output_type
 from .model_placement import ModelOffload, runtime_on
@@ -85,8 +85,8 @@ class BitDancePipeline(DiffusionPipeline):
         ``torch_dtype`` (or ``dtype``): default bfloat16 on CUDA, float32 on the CPU. ``device`` (or a device name
         as ``device_map``): default CUDA when present, else the CPU; weights are read straight to it (unlike
         diffusers, which loads on the CPU), so ``.to("cuda")`` afterwards costs nothing. ``backend``: the
-        runtime's (``"auto"``: the engine on CUDA, the reference on the CPU). ``quantization``: passed to the runtime
-        when it supports quantized weights; this version takes ``None`` only. ``max_batch``, ``memory_budget``,
+        runtime's (``"auto"``: the engine on CUDA, the reference on the CPU). ``quantization``: the runtime's (None,
+        ``"fp8"`` or ``"int8"``: 8-bit weights quantized at load), checked before anything is read. ``max_batch``, ``memory_budget``,
         ``batch_invariant``, ``op_providers``: the runtime's serving options. No Hub access: pass a local folder."""
         unknown = sorted(set(kwargs) - set(IGNORED_LOAD_KWARGS) - set(RUNTIME_OPTIONS))
         if unknown:
@@ -99,7 +99,7 @@ class BitDancePipeline(DiffusionPipeline):
             raise InvalidRequestError("pass torch_dtype or dtype, not both.", param="dtype")
         options = {k: kwargs[k] for k in RUNTIME_OPTIONS if k in kwargs}
         load = dict(device=_device_from_map(device, device_map), dtype=torch_dtype or dtype, backend=backend,
-                    trust_pickle=trust_pickle, **options, **_quantization_argument(quantization))
+                    trust_pickle=trust_pickle, quantization=check_quantization(quantization, "cpu"), **options)
         path = Path(pretrained_model_name_or_path)
         if subfolder:
             path = path / subfolder
@@ -317,16 +317,6 @@ def _device_from_map(device, device_map):
     raise InvalidRequestError(f"device_map={device_map!r}: the runtime keeps a model on one device; pass a device "
                               "name ('cuda', 'cuda:1', 'cpu') or use enable_model_cpu_offload().",
                               param="device_map")
-
-
-def _quantization_argument(quantization) -> dict:
-    if quantization is None:
-        return {}
-    if "quantization" in inspect.signature(Runtime.from_pretrained).parameters:
-        return {"quantization": quantization}
-    raise InvalidRequestError(f"quantization={quantization!r}: this version of the runtime loads unquantized weights "
-                              "only; pass quantization=None (quantized weights come with a later runtime).",
-                              param="quantization")
 
 
 def _check_count(n) -> int:

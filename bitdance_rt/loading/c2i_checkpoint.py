@@ -22,7 +22,8 @@ from ..reference.diffusion_head import DiffusionHead, DiffusionHeadConfig
 from ..reference.token_decoder import DecoderLayout, TokenDecoder, expected_shapes as decoder_shapes, infer_layout
 from .fused_weights import fuse_for_engine
 from .head_config import check_head_config
-from .tensor_files import TensorTable, check_shapes, dict_table, load_into, torch_file
+from .quantized_load import load_part
+from .tensor_files import TensorTable, check_shapes, dict_table, torch_file
 
 C2I_ATTN_HEAD_DIM = 64
 
@@ -142,11 +143,13 @@ def plan_c2i(path: Path, tokenizer_path: Path | None, device: torch.device, dtyp
 
 
 def load_c2i(path: Path, tokenizer_path: Path | None, device: torch.device, dtype: torch.dtype,
-             trust_pickle: bool = False) -> C2IModel:
+             trust_pickle: bool = False, quantization: str | None = None) -> C2IModel:
+    """The model, its backbone and head linears in ``quantization`` (None, "fp8", "int8": ``quantized_load``)."""
     plan = plan_c2i(path, tokenizer_path, device, dtype, trust_pickle)
     factories = {"backbone": lambda: C2IBackbone(plan.config), "head": lambda: DiffusionHead(plan.head_config),
                  "decoder": lambda: TokenDecoder(plan.decoder_layout)}
-    modules = {name: load_into(factories[name], table, shapes, name) for name, (table, shapes) in plan.parts.items()}
+    modules = {name: load_part(factories[name], table, shapes, name, quantization)
+               for name, (table, shapes) in plan.parts.items()}
     fuse_for_engine(None, modules["head"])
     spec = {f: getattr(plan, f) for f in C2ISpec.__dataclass_fields__}
     return C2IModel(**spec, **modules)

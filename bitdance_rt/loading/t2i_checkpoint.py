@@ -23,7 +23,8 @@ from ..reference.token_decoder import DecoderLayout, TokenDecoder, expected_shap
 from ..sizes import T2I_SIZES
 from .fused_weights import fuse_for_engine
 from .head_config import check_head_config
-from .tensor_files import (TensorTable, check_shapes, load_into, read_json, require_file, sharded_safetensors,
+from .quantized_load import load_part
+from .tensor_files import (TensorTable, check_shapes, read_json, require_file, sharded_safetensors,
                            single_safetensors)
 
 T2I_HEAD_ATTN_DIM = 128
@@ -119,14 +120,17 @@ def plan_t2i(path: Path, device: torch.device, dtype: torch.dtype) -> T2IPlan:
     return T2IPlan(path, backbone_cfg, head_cfg, layout, parallel, tokenizer, parts)
 
 
-def load_t2i(path: Path, device: torch.device, dtype: torch.dtype) -> T2IModel:
+def load_t2i(path: Path, device: torch.device, dtype: torch.dtype, quantization: str | None = None
+             ) -> T2IModel:
+    """The model, its backbone and head linears in ``quantization`` (None, "fp8", "int8": ``quantized_load``)."""
     plan = plan_t2i(path, device, dtype)
     factories = {"backbone": lambda: Qwen3Backbone(plan.backbone_config),
                  "head": lambda: DiffusionHead(plan.head_config),
                  "decoder": lambda: TokenDecoder(plan.decoder_layout),
                  "projector": lambda: TokenProjector(plan.head_config.token_channels,
                                                      plan.backbone_config.hidden_size)}
-    modules = {name: load_into(factories[name], table, shapes, name) for name, (table, shapes) in plan.parts.items()}
+    modules = {name: load_part(factories[name], table, shapes, name, quantization)
+               for name, (table, shapes) in plan.parts.items()}
     fuse_for_engine(modules["backbone"], modules["head"])
     spec = {f: getattr(plan, f) for f in T2ISpec.__dataclass_fields__}
     return T2IModel(**spec, **modules)

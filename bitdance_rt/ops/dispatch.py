@@ -28,6 +28,7 @@ _TRITON = {
     "patch_attention": "kernels.patch_attention", "sampler_step": "kernels.sampler_step",
     "sampler_final": "kernels.sampler_step", "sign_quantize": "kernels.token_packing",
     "pack_signs": "kernels.token_packing", "unpack_signs": "kernels.token_packing",
+    "quantized_linear": "quantization.fast_linear",  # int8 / fp8 GEMM kernels (and the fp8 activation quantizer)
 }
 # operation -> (module, function) of the CUDA provider, and whether the "cuda" chain prefers it over Triton. Only
 # operations measured faster than their Triton version inside a CUDA graph (as the engine runs them) are preferred;

@@ -15,6 +15,7 @@ from ..reference.pre_attention import (qk_norm_rope_append_reference, rmsnorm_re
                                        rope_append_interleaved_reference)
 from ..reference.sampler import LAST_STEP_SIZE, final_step_from_prediction, step_from_prediction
 from ..reference.token_packing import bit_linear_ref, pack_signs_ref, unpack_signs_ref
+from ..quantization.reference_linear import quantized_linear_reference
 
 
 # the functions here that read device tensors on the host (lengths, to build dense masks and slice caches): a CUDA
@@ -124,3 +125,11 @@ def sampler_step_keyed(pred, x, times, running, step, cfg, guided, seeds, ar_ste
 
 def bit_linear(words, weight, bias=None, out=None):
     return _into(out, bit_linear_ref(words, weight, bias))
+
+
+def quantized_linear(x: torch.Tensor, qw, bias: torch.Tensor | None = None, *, act_quant: str | None = "token"
+                     ) -> torch.Tensor:
+    """The quantized layer in plain PyTorch (``quantization.reference_linear``), with the fast path's signature:
+    int8 weights are weight-only whatever ``act_quant`` says; fp8 weights quantize the activations per token
+    (``"token"``) or per 1x128 group (``"group"``)."""
+    return quantized_linear_reference(x, qw, bias, None if qw.fmt == "int8" else act_quant)

@@ -20,6 +20,9 @@ from ..errors import InvalidRequestError, UnsupportedDeviceError
 QUANTIZATIONS = (None, "fp8", "int8")
 WEIGHT_FORMATS = ("fp8", "int8")
 ACT_QUANTS = ("token", "group", None)  # fp8 activations: per token, per 1×128 group, or not quantized (weight-only)
+# what a runtime loaded with quantization=fmt runs: fp8 W8A8 with per-token activation scales (the layout
+# torch._scaled_mm also takes), int8 weight-only. The loader and the engine's linear both read it.
+RUNTIME_ACT_QUANT = {"fp8": "token", "int8": None}
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0          # largest finite e4m3fn value

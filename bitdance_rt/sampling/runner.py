@@ -192,10 +192,9 @@ class _Run:
         from ..runtime import Runtime
 
         s = self.s
-        # --quantization (the 8-bit work) is passed to from_pretrained here once the runtime takes it.
         return Runtime.from_pretrained(s.model, device=rank_device(s.device, self.ctx), dtype=s.dtype,
                                        backend=s.backend, tokenizer_path=s.tokenizer, trust_pickle=s.trust_pickle,
-                                       max_batch=self._max_batch())
+                                       max_batch=self._max_batch(), quantization=s.quantization)
 
     def _plan(self, job: Job, layout) -> dict:
         """Rank 0: the layout's folders and files that need no image, the indices still to make, run.json."""

@@ -78,9 +78,9 @@ def precheck(s: SampleSettings) -> None:
     if not isinstance(s.timeout_s, (int, float)) or not s.timeout_s > 0:
         raise InvalidRequestError(f"--timeout must be a positive number of seconds, got {s.timeout_s!r}.",
                                   param="timeout")
-    if s.quantization is not None:
-        raise InvalidRequestError(f"quantization={s.quantization!r}: quantized weights are not available in this "
-                                  "version; leave it out.", param="quantization")
+    if s.quantization is not None and s.quantization not in ("fp8", "int8"):
+        raise InvalidRequestError(f"--quantization={s.quantization!r} is unknown; choose fp8 (compute capability "
+                                  ">= 8.9), int8 or leave it out (the checkpoint's precision).", param="quantization")
     if s.text_to_image:
         for name, value, default in (("--num-samples", s.num_samples, None), ("--labels", s.labels, "balanced"),
                                      ("--png", s.png, False)):

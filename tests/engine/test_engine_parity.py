@@ -17,6 +17,7 @@ import torch
 
 from bitdance_rt.engine.runner import Active, Join
 from bitdance_rt.families.t2i_reference_loop import RowGroup
+from bitdance_rt.quantization import QuantizedWeight
 from bitdance_rt.reference.masks import block_causal_mask
 from bitdance_rt.reference.philox_noise import keyed_normal
 from bitdance_rt.reference.sampler import linear_guidance, sample_patch
@@ -54,11 +55,35 @@ def keyed_replay(seeds: torch.Tensor, ar_step: int, rows: torch.Tensor, patch: i
     return draw
 
 
-def engine_runtime(files, provider: str) -> Runtime:
+def engine_runtime(files, provider: str, quantization: str | None = None) -> Runtime:
     """``provider="triton"``: the Triton engine; ``"torch"``: the reference backend's runner (PyTorch operations)."""
     path, tokenizer = files if isinstance(files, tuple) else (files, None)
     backend = "triton" if provider == "triton" else "reference"
-    return Runtime.from_pretrained(path, tokenizer_path=tokenizer, **placement(backend))
+    return Runtime.from_pretrained(path, tokenizer_path=tokenizer, quantization=quantization, **placement(backend))
+
+
+class Tolerance:
+    """The bounds one parity run asserts (default: the float engine's), and the worst values it saw."""
+
+    def __init__(self, hidden_tol: float = HIDDEN_TOL, min_bits: float = MIN_BIT_AGREEMENT):
+        self.hidden_tol, self.min_bits = hidden_tol, min_bits
+        self.worst_hidden, self.worst_bits = 0.0, 1.0
+
+    def hidden(self, value: float) -> None:
+        self.worst_hidden = max(self.worst_hidden, value)
+        assert value < self.hidden_tol
+
+    def bits(self, value: float) -> None:
+        self.worst_bits = min(self.worst_bits, value)
+        assert value >= self.min_bits
+
+
+def check_loaded_as(rt: Runtime, ref: Runtime, quantization: str | None) -> None:
+    """Both runtimes hold ``quantization``'s weights, and the engine's GEMMs read 8-bit weights when quantized."""
+    assert rt.family.quantization == ref.family.quantization == quantization
+    layer = rt.runner.engine.layout.layers[0]
+    weights = (layer.qkv, layer.out, layer.gate_up, layer.down, rt.runner.engine.head.adaln_weight)
+    assert all(isinstance(w, QuantizedWeight) == (quantization is not None) for w in weights)
 
 
 class TeacherForcing:
@@ -86,8 +111,17 @@ def slot_rows(cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_t2i_teacher_forced_through_the_runner(t2i64_dir, provider, monkeypatch):
-    ref = Runtime.from_pretrained(t2i64_dir, **placement("reference"))
-    rt = engine_runtime(t2i64_dir, provider)
+    t2i_teacher_forced(t2i64_dir, provider, monkeypatch)
+
+
+def t2i_teacher_forced(t2i64_dir, provider: str, monkeypatch, quantization: str | None = None,
+                       ar_steps: int = AR_STEPS, tol: "Tolerance | None" = None) -> None:
+    """The T2I parity check; ``quantization``: both sides loaded with it (the reference runs the quantized
+    reference math)."""
+    tol = tol or Tolerance()
+    ref = Runtime.from_pretrained(t2i64_dir, quantization=quantization, **placement("reference"))
+    rt = engine_runtime(t2i64_dir, provider, quantization)
+    check_loaded_as(rt, ref, quantization)
     family, model, runner = rt.family, ref.model, rt.runner
     p, c, guidance = family.parallel, family.token_channels, 4.0
     prompts, seeds = ["a red fox", "two cats on a long sofa"], [11, 12]
@@ -104,13 +138,13 @@ def test_t2i_teacher_forced_through_the_runner(t2i64_dir, provider, monkeypatch)
     pos = t2i_position_table(32, 32, model.backbone_config.hidden_size, 8).to(ENGINE_DEVICE)
     key_seeds = torch.tensor(seeds, device=ENGINE_DEVICE)
     with torch.no_grad():
-        ref_hidden = torch.cat([g.prefill(model, len(g.ids) + AR_STEPS * p) for g in groups])
+        ref_hidden = torch.cat([g.prefill(model, len(g.ids) + ar_steps * p) for g in groups])
         done = runner.join(key, slots, max_len, [Join(f"r{i}", s, i, pl.rows)
                                                  for i, (s, pl) in enumerate(zip(specs, placements))])
         assert done == []
         batch = runner.slot_batch(key)
-        assert rel(batch.hidden, ref_hidden) < HIDDEN_TOL
-        for k in range(AR_STEPS):
+        tol.hidden(rel(batch.hidden, ref_hidden))
+        for k in range(ar_steps):
             cond = ref_hidden + pos[k * p:(k + 1) * p]
             halves = torch.cat([cond[0::2], cond[1::2]])  # the sampler's order: conditional rows, then the others
             noise = keyed_replay(key_seeds, k, torch.zeros(2, dtype=torch.int32, device=ENGINE_DEVICE), p, c)
@@ -118,18 +152,27 @@ def test_t2i_teacher_forced_through_the_runner(t2i64_dir, provider, monkeypatch)
             forcing.forced = slot_rows(ref_tokens[:2], ref_tokens[2:])
             runner.step(key, slots, [Active(f"r{i}", i, 1, k, s) for i, s in enumerate(specs)])
             made = torch.cat([runner.tokens(f"r{i}")[:, k * p:(k + 1) * p] for i in range(2)])
-            assert agreement(made.float(), ref_tokens[:2]) >= MIN_BIT_AGREEMENT
+            tol.bits(agreement(made.float(), ref_tokens[:2]))
             embeds = model.projector(forcing.forced) + pos[k * p:(k + 1) * p]
             ref_hidden = torch.cat([g.step(model, embeds[i:i + 1]) for i, g in enumerate(groups)])
-            assert rel(batch.hidden, ref_hidden) < HIDDEN_TOL
-    assert batch.cache.lengths.tolist() == [len(r) + AR_STEPS * p for r in rows]
+            tol.hidden(rel(batch.hidden, ref_hidden))
+    assert batch.cache.lengths.tolist() == [len(r) + ar_steps * p for r in rows]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_c2i_teacher_forced_through_the_runner(c2i16_files, provider, monkeypatch):
+    c2i_teacher_forced(c2i16_files, provider, monkeypatch)
+
+
+def c2i_teacher_forced(c2i16_files, provider: str, monkeypatch, quantization: str | None = None,
+                       ar_steps: int = AR_STEPS, tol: "Tolerance | None" = None) -> None:
+    """The class-conditional parity check; ``quantization`` as in ``t2i_teacher_forced``."""
+    tol = tol or Tolerance()
     model_path, tokenizer = c2i16_files
-    ref = Runtime.from_pretrained(model_path, tokenizer_path=tokenizer, **placement("reference"))
-    rt = engine_runtime(c2i16_files, provider)
+    ref = Runtime.from_pretrained(model_path, tokenizer_path=tokenizer, quantization=quantization,
+                                  **placement("reference"))
+    rt = engine_runtime(c2i16_files, provider, quantization)
+    check_loaded_as(rt, ref, quantization)
     family, model, runner = rt.family, ref.model, rt.runner
     bb, cfg = model.backbone, model.config
     p, c, guidance = cfg.parallel, cfg.token_channels, 3.0
@@ -156,12 +199,12 @@ def test_c2i_teacher_forced_through_the_runner(c2i16_files, provider, monkeypatc
                                                  for i, s in enumerate(specs)])
         assert done == [1]
         made = torch.cat([runner.tokens(f"r{i}")[:, :p] for i in range(2)])
-        assert agreement(made.float(), step0[:2]) >= MIN_BIT_AGREEMENT
+        tol.bits(agreement(made.float(), step0[:2]))
         mask = torch.ones(p, ref_cache.length + p, dtype=torch.bool, device=ENGINE_DEVICE)
         ref_hidden = bb(bb.embed_tokens(forcing.forced), mask, ref_cache)
         batch = runner.slot_batch(key)
-        assert rel(batch.hidden, ref_hidden) < HIDDEN_TOL
-        for k in range(1, AR_STEPS):
+        tol.hidden(rel(batch.hidden, ref_hidden))
+        for k in range(1, ar_steps):
             cond = bb.head_condition(ref_hidden, k)
             scale = linear_guidance(guidance, k, num_ar)
             noise = keyed_replay(key_seeds, k, zeros, p, c)
@@ -170,7 +213,7 @@ def test_c2i_teacher_forced_through_the_runner(c2i16_files, provider, monkeypatc
             forcing.forced = slot_rows(ref_tokens[:2], ref_tokens[2:])
             runner.step(key, slots, [Active(f"r{i}", i, 1, k, s) for i, s in enumerate(specs)])
             made = torch.cat([runner.tokens(f"r{i}")[:, k * p:(k + 1) * p] for i in range(2)])
-            assert agreement(made.float(), ref_tokens[:2]) >= MIN_BIT_AGREEMENT
+            tol.bits(agreement(made.float(), ref_tokens[:2]))
             mask = torch.ones(p, ref_cache.length + p, dtype=torch.bool, device=ENGINE_DEVICE)
             ref_hidden = bb(bb.embed_tokens(forcing.forced), mask, ref_cache)
-            assert rel(batch.hidden, ref_hidden) < HIDDEN_TOL
+            tol.hidden(rel(batch.hidden, ref_hidden))

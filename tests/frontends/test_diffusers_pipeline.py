@@ -177,8 +177,8 @@ def test_loads_the_diffusers_port_c2i_layout(c2i16_files, rt_c2i16, tmp_path, si
 def test_load_errors_say_what_to_do(tmp_path):
     with pytest.raises(CheckpointError, match="reads no Hub repository"):
         BitDancePipeline.from_pretrained("BiliSakura/BitDance-14B-64x-diffusers")
-    with pytest.raises(InvalidRequestError, match="quantization='int8'.*quantization=None"):
-        BitDancePipeline.from_pretrained(tmp_path, quantization="int8")
+    with pytest.raises(InvalidRequestError, match="quantization='int4' is unknown; choose one of None, 'fp8', 'int8'"):
+        BitDancePipeline.from_pretrained(tmp_path, quantization="int4")
     with pytest.raises(InvalidRequestError, match="unknown argument.*revision"):
         BitDancePipeline.from_pretrained(tmp_path, revision="main")
 

@@ -191,7 +191,7 @@ def test_recorded_settings_are_compared(tmp_path: Path):
     ({"prompts": "p.txt", "num_samples": 8}, "num-samples"),
     ({"prompts": "p.txt", "png": True}, "png"),
     ({}, "num_samples"),
-    ({"num_samples": 8, "quantization": "int8"}, "quantization"),
+    ({"num_samples": 8, "quantization": "int4"}, "quantization"),
     ({"num_samples": 8, "seed": 2 ** 63 - 4}, "seed"),
     ({"num_samples": 8, "timeout_s": 0}, "timeout"),
 ])
