@@ -55,12 +55,13 @@ class Engine:
         return self.head.head.input_proj.weight.dtype
 
     # ------------------------------------------------------------------ backbone
-    def prefill(self, rows: list, cache: StaticKVCache) -> torch.Tensor:
+    def prefill(self, rows: list, cache: StaticKVCache, pad_rows: int | None = None,
+                pad_len: int | None = None) -> torch.Tensor:
         """Run every row's prefix (``family.cache_rows``: prompt token ids, or class ids) with the block mask in one
-        pass; returns the hidden states of each row's first block ``[B, P, W]`` and leaves ``cache.lengths`` at
-        each row's prefix length."""
+        pass (``pad_rows`` x ``pad_len``: the pass's fixed shape, filler rows appended); returns the hidden states
+        of each row's first block ``[B, P, W]`` and leaves ``cache.lengths`` at each row's prefix length."""
         p, scale = self.patch, self.head_dim ** -0.5
-        x, lengths, causal = self.family.prefill_inputs(rows, self.device)
+        x, lengths, causal = self.family.prefill_inputs(rows, self.device, pad_rows, pad_len)
         cache.lengths.zero_()
 
         def attend(i: int, q: torch.Tensor) -> torch.Tensor:
@@ -129,30 +130,40 @@ class Engine:
             batch.steps[slots] = build_step(head, decode, [view.hidden, view.cache.lengths], graphed)
         return batch.steps[slots]
 
-    def decode_rows(self, batch: SlotBatch, first_slot: int, count: int, tokens: torch.Tensor) -> None:
-        """Feed ``tokens [rows, P, C]`` (cache-row order) back through the rows of ``count`` slots only (eager):
-        their hidden states are replaced and their lengths advance by P."""
-        rows = batch.row_range(first_slot, count)
-        cache = batch.cache.rows(rows.start, rows.stop)
-        batch.hidden[rows] = self.decode(self.embed_feedback(tokens, batch.pos[rows]), cache)
+    def join(self, batch: SlotBatch, row_index: torch.Tensor, rows: list, shape: tuple[int, int],
+             leading: list[torch.Tensor] = (), keys: tuple[torch.Tensor, torch.Tensor] | None = None,
+             decode_last: bool = True) -> list[torch.Tensor]:
+        """Joining requests' prefill and their leading unguided AR steps in one fixed-shape pass, whatever their
+        number and wherever their slots are.
 
-    def join(self, batch: SlotBatch, first_slot: int, rows: list) -> None:
-        """A joining request's prefill, its rows only: ``rows`` (``family.cache_rows``) into the cache rows of its
-        slots ``first_slot ..``; the hidden states of their first block land in ``batch.hidden``."""
-        span = batch.row_range(first_slot, len(rows) // batch.mult)
-        if span.stop - span.start != len(rows):
-            raise ValueError(f"Engine.join: {len(rows)} rows do not fill whole slots of {batch.mult} rows")
-        batch.hidden[span] = self.prefill(rows, batch.cache.rows(span.start, span.stop))
-        batch.live[span] = 1
-
-    def unguided_rows(self, batch: SlotBatch, first_slot: int, count: int, block_pos: torch.Tensor,
-                      noise: torch.Tensor) -> torch.Tensor:
-        """A guided request's leading unguided AR step (the class-conditional release's step 0) for ``count``
-        slots, eager: each of their ``2·count`` rows (conditional and null-class) sampled unguided on its own, with
-        ``noise [N + 1, 2·count, P, C]`` in the sampler's row order (conditional rows of the slots, then the
-        others). Returns the tokens ``[2·count, P, C]`` in cache-row order (``decode_rows`` feeds them back)."""
-        span = batch.row_range(first_slot, count)
-        p, c, w = self.patch, self.token_channels, self.width
-        cond = (batch.hidden[span] + block_pos).view(count, 2, p, w).transpose(0, 1).reshape(2 * count, p, w)
-        tokens = self.head.sample(cond, noise, 1.0, False, self.head.step_times(noise.shape[0] - 1))
-        return tokens.view(2, count, p, c).transpose(0, 1).reshape(2 * count, p, c)
+        ``rows`` (``family.cache_rows`` of every joining request, cache-row order) are prefilled as a
+        ``shape = (R, T)`` batch (filler rows appended, rows padded to T) into a scratch cache of their own, so the
+        arithmetic of a row never depends on what joins with it (the shape is fixed per batch). ``leading``: the
+        position term ``[P, W]`` of each leading unguided AR step (the class-conditional release's step 0); each
+        samples every scratch row on its own (guidance 1) with the keyed noise of ``keys = (seeds int64 [R],
+        rows_in_request int32 [R])`` and, unless it is the last with ``decode_last`` False, feeds the tokens back.
+        Then the scratch rows' keys/values, lengths and hidden states are copied into the batch rows
+        ``row_index`` (int64 ``[len(rows)]``, on the device) in one copy per tensor, and those rows go live.
+        Returns the leading steps' tokens, ``[R, P, C]`` each, cache-row order (rows past ``len(rows)``: filler)."""
+        n, (total, length) = len(rows), shape
+        layers, kv_heads, head_dim = self.cache_shape
+        p = self.patch
+        scratch = StaticKVCache(layers, total, kv_heads, length + len(leading) * p, head_dim, self.device,
+                                self.hidden_dtype)
+        hidden = self.prefill(rows, scratch, total, length)
+        tokens: list[torch.Tensor] = []
+        if leading:
+            times = self.head.step_times(batch.num_steps)
+            ar_steps = torch.zeros(total, dtype=torch.int32, device=self.device)
+        for k, block_pos in enumerate(leading):
+            sampled = self.head.sample_keyed(hidden + block_pos, (keys[0], ar_steps + k, keys[1]), 1.0, False, times)
+            tokens.append(sampled)
+            if k + 1 < len(leading) or decode_last:
+                hidden = self.decode(self.embed_feedback(sampled, block_pos), scratch)
+        span = scratch.max_len
+        for dst, src in zip(batch.cache.keys + batch.cache.values, scratch.keys + scratch.values):
+            dst[:, :, :span].index_copy_(0, row_index, src[:n])
+        batch.cache.lengths.index_copy_(0, row_index, scratch.lengths[:n])
+        batch.hidden.index_copy_(0, row_index, hidden[:n].to(batch.hidden.dtype))
+        batch.live.index_fill_(0, row_index, 1)
+        return tokens
