@@ -26,7 +26,7 @@ import torch
 
 from ..outputs import format_images, to_pixels
 from .engine import Engine
-from .memory import ModelDims, batch_bytes, join_bytes
+from .memory import ModelDims, batch_bytes, decode_chunk, join_bytes
 from .slot_batch import SlotBatch
 
 
@@ -263,7 +263,8 @@ class ModelRunner:
 
     def _decode_together(self, tokens: torch.Tensor, parts: list) -> None:
         """Decode ``parts`` (spec, first row of ``tokens``, images, result to fill) of one batch (one size): one
-        decoder pass over all their images, one conversion to pixels for the PIL/NumPy ones."""
+        decoder pass over all their images (chunked when their maps would exceed ``memory.DECODE_PASS_BYTES``),
+        one conversion to pixels for the PIL/NumPy ones."""
         if not parts:
             return
         spec0 = parts[0][0]
@@ -271,9 +272,12 @@ class ModelRunner:
             images = torch.cat([self.family.decode(tokens[s:s + n], spec.grid, None if spec.seed is None else
                                                    torch.Generator(device=self.device).manual_seed(spec.seed))
                                 for spec, s, n, _ in parts])
-        else:
+        else:  # in chunks of images whose decoder maps fit DECODE_PASS_BYTES (memory.decode_chunk)
             index = torch.tensor([s + k for _, s, n, _ in parts for k in range(n)], dtype=torch.int64)
-            images = self.family.decode(tokens.index_select(0, index.to(tokens.device)), spec0.grid, None)
+            picked = tokens.index_select(0, index.to(tokens.device))
+            chunk = decode_chunk(self.dims, spec0.height, spec0.width)
+            pieces = [self.family.decode(picked[i:i + chunk], spec0.grid, None) for i in range(0, len(index), chunk)]
+            images = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         firsts, start = [], 0
         for _, _, n, _ in parts:
             firsts.append(start)

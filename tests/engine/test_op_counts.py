@@ -79,3 +79,30 @@ def test_joining_and_finishing_rounds_do_not_grow_with_the_requests(c2i16_files,
     assert one[0].ops == many[0].ops, (one[0].total, many[0].total)      # join: prefill, step 0, first AR step
     assert one[-1].ops == many[-1].ops, (one[-1].total, many[-1].total)  # last AR step, decoding, results
     assert sum(r.total for r in many) <= sum(r.total for r in one) + 200  # the whole job
+
+
+def test_finishing_requests_decoded_in_chunks_give_their_own_images(c2i16_files, single_thread, monkeypatch):
+    """Requests finishing together are decoded in passes of at most ``memory.decode_chunk`` images: with a chunk
+    of 1 image, and with all in one pass, each request gets the images of its own tokens."""
+    import numpy as np
+
+    import bitdance_rt.engine.runner as runner_module
+
+    results = {}
+    for chunk in (1, None):
+        if chunk is not None:
+            monkeypatch.setattr(runner_module, "decode_chunk", lambda d, h, w: chunk)
+        else:
+            monkeypatch.undo()
+        rt = _c2i(c2i16_files, max_batch=8)
+        handles = [rt.submit(class_label=i, guidance_scale=3.0, seed=i, num_sampling_steps=1, output_type="np",
+                             num_images=1 + (i == 1)) for i in range(3)]
+        while not all(h.done for h in handles):
+            rt.step()
+        assert not rt.family.model.decoder_layout.gan_decoder  # the chunked path
+        results[chunk] = [h.result() for h in handles]
+    for a, b in zip(results[1], results[None]):
+        assert torch.equal(a.tokens, b.tokens)
+        assert a.images.shape == b.images.shape and a.images.shape[0] == a.tokens.shape[0]
+        assert np.abs(a.images.astype(int) - b.images.astype(int)).max() <= 1
+    assert not np.array_equal(results[None][0].images, results[None][2].images)
