@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..ops import OpSet
-from .ar_step import AutoregressiveStep, build_step
+from .ar_step import AutoregressiveStep, build_leading_steps, build_step
 from .backbone import run_layers
 from .cuda_graphs import graphs_available
 from .head_loop import FusedHead
@@ -137,33 +137,67 @@ class Engine:
         number and wherever their slots are.
 
         ``rows`` (``family.cache_rows`` of every joining request, cache-row order) are prefilled as a
-        ``shape = (R, T)`` batch (filler rows appended, rows padded to T) into a scratch cache of their own, so the
-        arithmetic of a row never depends on what joins with it (the shape is fixed per batch). ``leading``: the
-        position term ``[P, W]`` of each leading unguided AR step (the class-conditional release's step 0); each
-        samples every scratch row on its own (guidance 1) with the keyed noise of ``keys = (seeds int64 [R],
-        rows_in_request int32 [R])`` and, unless it is the last with ``decode_last`` False, feeds the tokens back.
-        Then the scratch rows' keys/values, lengths and hidden states are copied into the batch rows
-        ``row_index`` (int64 ``[len(rows)]``, on the device) in one copy per tensor, and those rows go live.
-        Returns the leading steps' tokens, ``[R, P, C]`` each, cache-row order (rows past ``len(rows)``: filler)."""
+        ``shape = (R, T)`` batch (filler rows appended, rows padded to T) into a scratch cache of the batch's own
+        (kept with its static buffers in ``batch.steps``), so the arithmetic of a row never depends on what joins
+        with it. ``leading``: the position term ``[P, W]`` of each leading unguided AR step (the class-conditional
+        release's step 0; the same for every join of a batch); each samples every scratch row on its own
+        (guidance 1) with the keyed noise of ``keys = (seeds int64 [R], rows_in_request int32 [R])`` and, unless it
+        is the last with ``decode_last`` False, feeds the tokens back; these steps are captured into a CUDA graph
+        on a GPU like the batch's AR step (``ar_step.build_leading_steps``). Then the scratch rows' keys/values,
+        lengths and hidden states are copied into the batch rows ``row_index`` (int64 ``[len(rows)]``, on the
+        device) in one copy per tensor, and those rows go live. Returns the leading steps' tokens, ``[R, P, C]``
+        each, cache-row order (rows past ``len(rows)``: filler)."""
         n, (total, length) = len(rows), shape
-        layers, kv_heads, head_dim = self.cache_shape
-        p = self.patch
-        scratch = StaticKVCache(layers, total, kv_heads, length + len(leading) * p, head_dim, self.device,
-                                self.hidden_dtype)
-        hidden = self.prefill(rows, scratch, total, length)
-        tokens: list[torch.Tensor] = []
+        state = self._join_state(batch, shape, leading, decode_last)
+        scratch = state["scratch"]
+        state["hidden"].copy_(self.prefill(rows, scratch, total, length))
         if leading:
-            times = self.head.step_times(batch.num_steps)
-            ar_steps = torch.zeros(total, dtype=torch.int32, device=self.device)
-        for k, block_pos in enumerate(leading):
-            sampled = self.head.sample_keyed(hidden + block_pos, (keys[0], ar_steps + k, keys[1]), 1.0, False, times)
-            tokens.append(sampled)
-            if k + 1 < len(leading) or decode_last:
-                hidden = self.decode(self.embed_feedback(sampled, block_pos), scratch)
+            state["seeds"].copy_(keys[0])
+            state["rows_in_request"].copy_(keys[1])
+            state["run"]()
         span = scratch.max_len
         for dst, src in zip(batch.cache.keys + batch.cache.values, scratch.keys + scratch.values):
             dst[:, :, :span].index_copy_(0, row_index, src[:n])
         batch.cache.lengths.index_copy_(0, row_index, scratch.lengths[:n])
-        batch.hidden.index_copy_(0, row_index, hidden[:n].to(batch.hidden.dtype))
+        batch.hidden.index_copy_(0, row_index, state["hidden"][:n].to(batch.hidden.dtype))
         batch.live.index_fill_(0, row_index, 1)
-        return tokens
+        return list(state["tokens"].unbind(0)) if leading else []
+
+    def _join_state(self, batch: SlotBatch, shape: tuple[int, int], leading: list[torch.Tensor],
+                    decode_last: bool) -> dict:
+        """The static tensors of a batch's joins (scratch cache, hidden states, noise keys, tokens of the leading
+        steps) and the leading steps over them, eager or graphed; with leading steps made once per batch and kept
+        in ``batch.steps`` (the class-conditional prefix is short), without them (text-to-image: a long prompt
+        cache, no graph) made per join."""
+        key = ("join", shape, len(leading), decode_last)
+        if key in batch.steps:
+            return batch.steps[key]
+        (total, length), k = shape, len(leading)
+        layers, kv_heads, head_dim = self.cache_shape
+        p, device = self.patch, self.device
+        state = {"scratch": StaticKVCache(layers, total, kv_heads, length + k * p, head_dim, device,
+                                          self.hidden_dtype),
+                 "hidden": torch.zeros(total, p, self.width, device=device, dtype=self.hidden_dtype),
+                 "seeds": torch.zeros(total, dtype=torch.int64, device=device),
+                 "rows_in_request": torch.zeros(total, dtype=torch.int32, device=device),
+                 "tokens": torch.zeros(k, total, p, self.token_channels, device=device, dtype=self.token_dtype)}
+        if k:
+            positions = torch.stack(list(leading))
+            times = self.head.step_times(batch.num_steps)
+            ar_steps = [torch.full((total,), s, dtype=torch.int32, device=device) for s in range(k)]
+
+            def run() -> torch.Tensor:
+                hidden = state["hidden"]
+                for s in range(k):
+                    sampled = self.head.sample_keyed(hidden + positions[s], (state["seeds"], ar_steps[s],
+                                                                             state["rows_in_request"]),
+                                                     1.0, False, times)
+                    state["tokens"][s].copy_(sampled)
+                    if s + 1 < k or decode_last:
+                        hidden = self.decode(self.embed_feedback(sampled, positions[s]), state["scratch"])
+                state["hidden"].copy_(hidden)
+                return state["tokens"]
+            graphed = self.use_cuda_graphs and graphs_available(device)
+            state["run"] = build_leading_steps(run, [state["scratch"].lengths, state["hidden"]], graphed)
+            batch.steps[key] = state  # kept (graphs on a GPU) only with leading steps: a small cache of R·(T + k·P)
+        return state
