@@ -5,6 +5,7 @@ Run from the repository root on a CUDA GPU::
 
     python bench/e2e.py [--models 14B-64x,14B-16x,B-1x,...,H-16x] [--batch 1,8] [--steps N] [--guidance G]
                         [--size 1024x1024] [--backends reference,triton] [--out bench/results/e2e-<gpu>-<commit>.json]
+    python bench/e2e.py --throughput   # issue 13: 14B-64x batch 1/8/16, B-1x/4x/16x batch 64/256, engine only
     python bench/e2e.py --tiny   # the tiny models on the CPU, to check the plumbing without a GPU: the reference
                                  # backend, and the engine too when TRITON_INTERPRET=1 is set (Triton's interpreter)
     python bench/e2e.py --quantization fp8|int8 [--memory-cap-gib 24] ...   # 8-bit weights (issue 12)
@@ -118,9 +119,20 @@ TARGETS = (
     Target("14B-64x", 8, (1024, 1024, 50, 7.5), "compute_floor", 1.5, False),
     Target("B-16x", 256, (256, 256, 100, 6.1), "images_per_s", 150.0, True),
 )
+THROUGHPUT_TARGETS = (  # issue 13 (batch throughput), judged with --throughput in place of the above
+    Target("B-16x", 256, (256, 256, 100, 6.1), "images_per_s", 120.0, True),
+    Target("B-4x", 256, (256, 256, 100, 3.9), "images_per_s", 48.0, True),
+    Target("B-1x", 256, (256, 256, 100, 3.2), "images_per_s", 22.0, True),
+    Target("14B-64x", 8, (1024, 1024, 50, 7.5), "compute_floor", 1.4, False),
+    Target("14B-64x", 1, (1024, 1024, 50, 7.5), "weight_floor", 1.25, False),
+)
+# --throughput (issue 13): the batch sizes of each model, run by the engine only
+THROUGHPUT_BATCHES = {"14B-64x": (1, 8, 16), "B-1x": (64, 256), "B-4x": (64, 256), "B-16x": (64, 256)}
 METRIC_TEXT = {"speedup": "x faster than reference", "weight_floor": "x weight-streaming floor",
-               "compute_floor": "x compute floor", "images_per_s": " images/s"}
-BOUND_UNIT = {"speedup": "x", "weight_floor": "x", "compute_floor": "x", "images_per_s": " images/s"}
+               "compute_floor": "x compute floor", "images_per_s": " images/s",
+               "images_per_s_tokens": " images/s without the decoder"}
+BOUND_UNIT = {"speedup": "x", "weight_floor": "x", "compute_floor": "x", "images_per_s": " images/s",
+              "images_per_s_tokens": " images/s"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -348,6 +360,8 @@ def engine_metrics(run: dict) -> dict[str, float]:
         metrics["weight_floor"] = engine["total_s"] / fl["weight_total_s"]
         metrics["compute_floor"] = engine["total_s"] / fl["compute_total_s"]
     metrics["images_per_s"] = engine["images_per_s"]
+    if engine.get("tokens_s"):
+        metrics["images_per_s_tokens"] = run["batch"] / engine["tokens_s"]
     return metrics
 
 
@@ -362,11 +376,11 @@ def largest_excess(run: dict) -> str:
             "floor")
 
 
-def verdicts(run: dict, name: str) -> list[dict]:
+def verdicts(run: dict, name: str, targets: tuple[Target, ...] = TARGETS) -> list[dict]:
     metrics = engine_metrics(run)
     settings = (run["height"], run["width"], run["steps"], run["guidance"])
     out = []
-    for t in TARGETS:
+    for t in targets:
         if (t.model, t.batch, t.settings) != (name, run["batch"], settings) or t.metric not in metrics:
             continue
         value = metrics[t.metric]
@@ -449,7 +463,9 @@ def tiny_model(name: str, root: Path, quantization: str | None = None) -> Family
 
 def requests_for(family: Family, args: argparse.Namespace) -> list[Request]:
     size = args.size or (TINY_SIZES.get(family.key) if args.tiny else None) or family.default_size
-    batches = args.batch or (TINY_BATCHES if args.tiny else DEFAULT_BATCHES[family.key])
+    batches = args.batch or (TINY_BATCHES if args.tiny else
+                             THROUGHPUT_BATCHES.get(args.current_model) if args.throughput else None) \
+        or DEFAULT_BATCHES[family.key]
     guidance = family.default_guidance if args.guidance is None else args.guidance
     return [Request(size[0], size[1], b, args.steps or family.default_steps, guidance, args.seed, args.prompt)
             for b in batches]
@@ -462,6 +478,7 @@ def run_model(name: str, model, args: argparse.Namespace, device: torch.device,
     family = family_of(model)
     element_bytes = 1 if args.quantization else torch.finfo(dtype).bits // 8
     runs = []
+    args.current_model = name
     for req in requests_for(family, args):
         grid = token_grid(req.height, req.width, family.downsample, family.parallel)
         num_ar = grid[0] * grid[1] // family.parallel
@@ -482,7 +499,7 @@ def run_model(name: str, model, args: argparse.Namespace, device: torch.device,
                 print(f"{backend}: out of memory under the {args.memory_cap_gib:g} GiB cap")
             del runtime
             release_memory(device)
-        run["targets"] = verdicts(run, name)
+        run["targets"] = verdicts(run, name, THROUGHPUT_TARGETS if args.throughput else TARGETS)
         print_run(name, run, f"{str(dtype).removeprefix('torch.')}, {device_name(device)}")
         runs.append(run)
     return runs
@@ -529,7 +546,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quantization", choices=["fp8", "int8"], help="8-bit backbone and head linears (issue 12)")
     p.add_argument("--memory-cap-gib", type=float, help="cap the process at this many GiB once the model is built "
                                                         "(torch.cuda.set_per_process_memory_fraction), e.g. 24")
+    p.add_argument("--throughput", action="store_true",
+                   help="issue 13's batch runs in one command: 14B-64x at batch 1, 8, 16 and B-1x/B-4x/B-16x at 64 "
+                        "and 256, the engine only (images/s with and without the decoder, floors, targets)")
     args = p.parse_args(argv)
+    args.current_model = None
+    if args.throughput and not args.tiny:
+        args.models = args.models or ",".join(THROUGHPUT_BATCHES)
+        args.backends = args.backends or "triton"  # the engine; --backends cuda for the CUDA-kernel chain
     if args.memory_cap_gib is not None and (args.tiny or not args.memory_cap_gib > 0):
         p.error("--memory-cap-gib takes a positive number of GiB and needs a CUDA device (not --tiny)")
     if args.quantization and not args.tiny:

@@ -34,7 +34,8 @@ HEAD_DIMS = (16, 32, 64, 128)  # 64 and 128 in the models, 16 in the tiny test m
 LOG2_E = 1.4426950408889634
 BLOCK_N = 64  # keys per tile
 PREFILL_BLOCK_M = 64
-MIN_KEYS_PER_SPLIT = 256
+MIN_KEYS_PER_SPLIT = 128  # keys of one split at least (two key tiles)
+SPLIT_WAVES = 2  # waves of programs the key splits aim for
 NUM_STAGES = 2  # double-buffered K/V tiles: float32 tiles of 128-channel heads fit shared memory
 
 
@@ -195,12 +196,20 @@ def _launch_shape(head_dim: int) -> dict[str, int]:
     return {"num_warps": 8 if head_dim > 64 else 4, "num_stages": NUM_STAGES}
 
 
+def choose_key_splits(programs: int, max_len: int, sm_count: int) -> int:
+    """Key-range splits for ``programs`` (batch·KV heads·row tiles) decode programs over a cache of ``max_len``
+    positions on ``sm_count`` multiprocessors: enough programs for ``SPLIT_WAVES`` waves (a few rows leave most
+    multiprocessors idle otherwise), each split at least ``MIN_KEYS_PER_SPLIT`` keys; 1 when the rows alone fill
+    the waves (batch 256) or the cache is short."""
+    wanted = -(-SPLIT_WAVES * sm_count // max(1, programs))
+    return max(1, min(wanted, max_len // MIN_KEYS_PER_SPLIT))
+
+
 def _key_splits(programs: int, max_len: int, device: torch.device) -> int:
-    """Splits of the key range that fill the GPU's multiprocessors in one wave; 1 on the CPU interpreter."""
+    """``choose_key_splits`` with the GPU's multiprocessor count; 1 on the CPU interpreter."""
     if device.type != "cuda":
         return 1
-    wanted = torch.cuda.get_device_properties(device).multi_processor_count // programs
-    return max(1, min(wanted, max_len // MIN_KEYS_PER_SPLIT))
+    return choose_key_splits(programs, max_len, torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def block_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,

@@ -16,8 +16,10 @@ touches a tensor: it decides which requests run, where (slots) and when, and ask
   waits for memory blocks later requests from reserving new batches, so it is not starved.
 - ``batch_invariant`` (default): every step computes the whole batch, so a request's image is the same alone or in
   a crowd; False computes the smallest power-of-two prefix of slots covering the occupied ones (see ``group.py``).
-- ``joint_joins`` (``generate``'s scheduler): requests admitted together into neighbouring slots are prefilled in
-  one pass, as one batch; serving prefills each request on its own rows, so its prefill never depends on others.
+- Joins: the requests admitted into a group in one round are prefilled (and run their leading unguided steps) in
+  one pass, in a shape fixed per batch (all its rows, the group's prefill length), so the device work of a join
+  does not grow with the requests joining and a request's prefill never depends on what joins with it.
+  ``joint_joins`` is kept for callers; every scheduler now joins this way.
 
 Threads: ``submit``, ``cancel``, ``stats``, ``preview`` and the handles' methods may be called from any thread.
 ``step`` may be called from any thread, one at a time (concurrent calls wait for each other); a ``Worker``
@@ -194,20 +196,30 @@ class Scheduler:
         return admitted
 
     def _join_units(self, admitted: list[tuple[Group, Ticket]]) -> list[tuple[Group, list[Ticket]]]:
-        """Each admitted request joins on its own; with ``joint_joins``, requests of one group whose slots follow
-        each other (and that run the same leading steps) join in one pass."""
-        if not self.joint_joins:
-            return [(g, [t]) for g, t in admitted]
-        units: list[tuple[Group, list[Ticket]]] = []
-        for g, t in sorted(admitted, key=lambda gt: (id(gt[0]), gt[1].first_slot)):
-            if units and units[-1][0] is g:
-                last = units[-1][1][-1]
-                if last.first_slot + last.images == t.first_slot and \
-                        self._leading(last.spec) == self._leading(t.spec):
-                    units[-1][1].append(t)
-                    continue
-            units.append((g, [t]))
-        return units
+        """The requests admitted into one group this round (and that run the same leading steps) join in one pass,
+        wherever their slots are: the runner prefills them in a shape fixed per batch, so a request's prefill
+        does not depend on what joins with it (``ModelRunner.join``)."""
+        units: dict[tuple, tuple[Group, list[Ticket]]] = {}
+        for g, t in admitted:
+            units.setdefault((id(g), self._leading(t.spec)), (g, []))[1].append(t)
+        return list(units.values())
+
+    def _join(self, g: Group, tickets: list[Ticket]) -> list[tuple[list[Ticket], list[int], Exception | None]]:
+        """Join ``tickets`` in one pass; if that fails and there were several, each is retried alone (its slots
+        taken again), so a request whose join fails fails alone."""
+        try:
+            return [(tickets, g.join(self.runner, tickets), None)]
+        except Exception as e:
+            if len(tickets) == 1:
+                return [(tickets, [], e)]
+        results = []
+        for t in tickets:
+            g.table.take(t.first_slot, t.images, t)
+            try:
+                results.append(([t], g.join(self.runner, [t]), None))
+            except Exception as e:
+                results.append(([t], [], e))
+        return results
 
     def _leading(self, spec: RequestSpec) -> int:
         return self.runner.leading_unguided_steps(spec)
@@ -242,15 +254,14 @@ class Scheduler:
         ended: list[tuple[Ticket, str, GenerationOutput | None, BaseException | None]] = []
         finishing: list[Ticket] = []
         for g, tickets in self._join_units(admitted):
-            try:
-                done = g.join(self.runner, tickets)
-            except Exception as e:  # the joining request fails alone (with joint joins: those of its pass)
-                ended.extend((t, "failed", None, e) for t in tickets)
-                continue
-            for t in tickets:
-                progress.setdefault(t, []).extend(done)
-                if t.finished_sampling:
-                    finishing.append(t)
+            for unit, done, error in self._join(g, tickets):
+                if error is not None:
+                    ended.extend((t, "failed", None, error) for t in unit)
+                    continue
+                for t in unit:
+                    progress.setdefault(t, []).extend(done)
+                    if t.finished_sampling:
+                        finishing.append(t)
         with self.lock:
             groups = [g for g in self._groups.values() if g.active]
         for g in groups:
@@ -264,20 +275,33 @@ class Scheduler:
                 progress.setdefault(t, []).append(t.steps_done)
                 if t.finished_sampling:
                     finishing.append(t)
-        for t in finishing:
-            if t.handle.done:
-                continue
-            try:
-                ended.append((t, "done", self._output(t), None))
-            except Exception as e:
-                ended.append((t, "failed", None, e))
+        finishing = [t for t in finishing if not t.handle.done]
+        if finishing:
+            ended.extend(self._outputs(finishing))
         return self._settle(progress, ended)
 
-    def _output(self, t: Ticket) -> GenerationOutput:
+    def _outputs(self, finishing: list[Ticket]) -> list[tuple[Ticket, str, GenerationOutput | None,
+                                                            BaseException | None]]:
+        """The results of the requests that finished this round, decoded together (``ModelRunner.outputs``: one
+        decoder pass per image size); if that fails, each is tried alone so that one bad request fails alone."""
+        t1 = time.perf_counter()
+        try:
+            made = self.runner.outputs([(t.handle.id, t.spec) for t in finishing])
+        except Exception:
+            ended = []
+            for t in finishing:
+                try:
+                    ended.append((t, "done", self._result(t, *self.runner.outputs([(t.handle.id, t.spec)])[0], t1),
+                                  None))
+                except Exception as e:
+                    ended.append((t, "failed", None, e))
+            return ended
+        return [(t, "done", self._result(t, images, tokens, t1), None) for t, (images, tokens) in zip(finishing, made)]
+
+    @staticmethod
+    def _result(t: Ticket, images, tokens, t1: float) -> GenerationOutput:
         spec = t.spec
         timings = {"queued_s": t.started - t.submitted, "tokens_s": t.sampled - t.started}
-        t1 = time.perf_counter()
-        images, tokens = self.runner.output(t.handle.id, spec)
         if spec.output_type != "tokens":
             timings["decode_s"] = time.perf_counter() - t1
         return GenerationOutput(images=images, tokens=tokens, height=spec.height, width=spec.width,

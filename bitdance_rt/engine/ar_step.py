@@ -43,3 +43,18 @@ def build_step(head_fn: Callable[[], torch.Tensor], decode_fn: Callable[[], obje
     head = CapturedStep(head_fn)
     decode = CapturedStep(decode_fn, restore=restore)
     return AutoregressiveStep(head.replay, decode.replay)
+
+
+def build_leading_steps(fn: Callable[[], object], state: list[torch.Tensor], graphed: bool) -> Callable[[], object]:
+    """The leading unguided AR steps of a join (the class-conditional release's step 0) as one callable over the
+    join's static scratch tensors: ``fn`` eagerly, or captured once into a CUDA graph (its warm-up advances the
+    scratch cache's lengths, so ``state`` is saved before and restored after it) and replayed after every
+    prefill."""
+    if not graphed:
+        return fn
+    saved = [t.clone() for t in state]
+
+    def restore() -> None:
+        for t, s in zip(state, saved):
+            t.copy_(s)
+    return CapturedStep(fn, restore=restore).replay

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..ops import OpSet
-from .ar_step import AutoregressiveStep, build_step
+from .ar_step import AutoregressiveStep, build_leading_steps, build_step
 from .backbone import run_layers
 from .cuda_graphs import graphs_available
 from .head_loop import FusedHead
@@ -26,7 +26,7 @@ from .static_cache import StaticKVCache
 # the operations an AR step (backbone decode and head loop) calls, all captured into its CUDA graphs
 STEP_OPS = ("block_attention_decode", "qk_norm_rope_append", "rope_append_interleaved", "rmsnorm_residual", "swiglu",
             "layernorm_modulate", "gated_residual", "patch_attention", "sampler_step_keyed", "keyed_noise",
-            "sampler_final")
+            "sampler_final", "time_condition", "sigmoid_output")
 
 
 class Engine:
@@ -55,12 +55,13 @@ class Engine:
         return self.head.head.input_proj.weight.dtype
 
     # ------------------------------------------------------------------ backbone
-    def prefill(self, rows: list, cache: StaticKVCache) -> torch.Tensor:
+    def prefill(self, rows: list, cache: StaticKVCache, pad_rows: int | None = None,
+                pad_len: int | None = None) -> torch.Tensor:
         """Run every row's prefix (``family.cache_rows``: prompt token ids, or class ids) with the block mask in one
-        pass; returns the hidden states of each row's first block ``[B, P, W]`` and leaves ``cache.lengths`` at
-        each row's prefix length."""
+        pass (``pad_rows`` x ``pad_len``: the pass's fixed shape, filler rows appended); returns the hidden states
+        of each row's first block ``[B, P, W]`` and leaves ``cache.lengths`` at each row's prefix length."""
         p, scale = self.patch, self.head_dim ** -0.5
-        x, lengths, causal = self.family.prefill_inputs(rows, self.device)
+        x, lengths, causal = self.family.prefill_inputs(rows, self.device, pad_rows, pad_len)
         cache.lengths.zero_()
 
         def attend(i: int, q: torch.Tensor) -> torch.Tensor:
@@ -129,30 +130,74 @@ class Engine:
             batch.steps[slots] = build_step(head, decode, [view.hidden, view.cache.lengths], graphed)
         return batch.steps[slots]
 
-    def decode_rows(self, batch: SlotBatch, first_slot: int, count: int, tokens: torch.Tensor) -> None:
-        """Feed ``tokens [rows, P, C]`` (cache-row order) back through the rows of ``count`` slots only (eager):
-        their hidden states are replaced and their lengths advance by P."""
-        rows = batch.row_range(first_slot, count)
-        cache = batch.cache.rows(rows.start, rows.stop)
-        batch.hidden[rows] = self.decode(self.embed_feedback(tokens, batch.pos[rows]), cache)
+    def join(self, batch: SlotBatch, row_index: torch.Tensor, rows: list, shape: tuple[int, int],
+             leading: list[torch.Tensor] = (), keys: tuple[torch.Tensor, torch.Tensor] | None = None,
+             decode_last: bool = True) -> list[torch.Tensor]:
+        """Joining requests' prefill and their leading unguided AR steps in one fixed-shape pass, whatever their
+        number and wherever their slots are.
 
-    def join(self, batch: SlotBatch, first_slot: int, rows: list) -> None:
-        """A joining request's prefill, its rows only: ``rows`` (``family.cache_rows``) into the cache rows of its
-        slots ``first_slot ..``; the hidden states of their first block land in ``batch.hidden``."""
-        span = batch.row_range(first_slot, len(rows) // batch.mult)
-        if span.stop - span.start != len(rows):
-            raise ValueError(f"Engine.join: {len(rows)} rows do not fill whole slots of {batch.mult} rows")
-        batch.hidden[span] = self.prefill(rows, batch.cache.rows(span.start, span.stop))
-        batch.live[span] = 1
+        ``rows`` (``family.cache_rows`` of every joining request, cache-row order) are prefilled as a
+        ``shape = (R, T)`` batch (filler rows appended, rows padded to T) into a scratch cache of the batch's own
+        (kept with its static buffers in ``batch.steps``), so the arithmetic of a row never depends on what joins
+        with it. ``leading``: the position term ``[P, W]`` of each leading unguided AR step (the class-conditional
+        release's step 0; the same for every join of a batch); each samples every scratch row on its own
+        (guidance 1) with the keyed noise of ``keys = (seeds int64 [R], rows_in_request int32 [R])`` and, unless it
+        is the last with ``decode_last`` False, feeds the tokens back; these steps are captured into a CUDA graph
+        on a GPU like the batch's AR step (``ar_step.build_leading_steps``). Then the scratch rows' keys/values,
+        lengths and hidden states are copied into the batch rows ``row_index`` (int64 ``[len(rows)]``, on the
+        device) in one copy per tensor, and those rows go live. Returns the leading steps' tokens, ``[R, P, C]``
+        each, cache-row order (rows past ``len(rows)``: filler)."""
+        n, (total, length) = len(rows), shape
+        state = self._join_state(batch, shape, leading, decode_last)
+        scratch = state["scratch"]
+        state["hidden"].copy_(self.prefill(rows, scratch, total, length))
+        if leading:
+            state["seeds"].copy_(keys[0])
+            state["rows_in_request"].copy_(keys[1])
+            state["run"]()
+        span = scratch.max_len
+        for dst, src in zip(batch.cache.keys + batch.cache.values, scratch.keys + scratch.values):
+            dst[:, :, :span].index_copy_(0, row_index, src[:n])
+        batch.cache.lengths.index_copy_(0, row_index, scratch.lengths[:n])
+        batch.hidden.index_copy_(0, row_index, state["hidden"][:n].to(batch.hidden.dtype))
+        batch.live.index_fill_(0, row_index, 1)
+        return list(state["tokens"].unbind(0)) if leading else []
 
-    def unguided_rows(self, batch: SlotBatch, first_slot: int, count: int, block_pos: torch.Tensor,
-                      noise: torch.Tensor) -> torch.Tensor:
-        """A guided request's leading unguided AR step (the class-conditional release's step 0) for ``count``
-        slots, eager: each of their ``2·count`` rows (conditional and null-class) sampled unguided on its own, with
-        ``noise [N + 1, 2·count, P, C]`` in the sampler's row order (conditional rows of the slots, then the
-        others). Returns the tokens ``[2·count, P, C]`` in cache-row order (``decode_rows`` feeds them back)."""
-        span = batch.row_range(first_slot, count)
-        p, c, w = self.patch, self.token_channels, self.width
-        cond = (batch.hidden[span] + block_pos).view(count, 2, p, w).transpose(0, 1).reshape(2 * count, p, w)
-        tokens = self.head.sample(cond, noise, 1.0, False, self.head.step_times(noise.shape[0] - 1))
-        return tokens.view(2, count, p, c).transpose(0, 1).reshape(2 * count, p, c)
+    def _join_state(self, batch: SlotBatch, shape: tuple[int, int], leading: list[torch.Tensor],
+                    decode_last: bool) -> dict:
+        """The static tensors of a batch's joins (scratch cache, hidden states, noise keys, tokens of the leading
+        steps) and the leading steps over them, eager or graphed; with leading steps made once per batch and kept
+        in ``batch.steps`` (the class-conditional prefix is short), without them (text-to-image: a long prompt
+        cache, no graph) made per join."""
+        key = ("join", shape, len(leading), decode_last)
+        if key in batch.steps:
+            return batch.steps[key]
+        (total, length), k = shape, len(leading)
+        layers, kv_heads, head_dim = self.cache_shape
+        p, device = self.patch, self.device
+        state = {"scratch": StaticKVCache(layers, total, kv_heads, length + k * p, head_dim, device,
+                                          self.hidden_dtype),
+                 "hidden": torch.zeros(total, p, self.width, device=device, dtype=self.hidden_dtype),
+                 "seeds": torch.zeros(total, dtype=torch.int64, device=device),
+                 "rows_in_request": torch.zeros(total, dtype=torch.int32, device=device),
+                 "tokens": torch.zeros(k, total, p, self.token_channels, device=device, dtype=self.token_dtype)}
+        if k:
+            positions = torch.stack(list(leading))
+            times = self.head.step_times(batch.num_steps)
+            ar_steps = [torch.full((total,), s, dtype=torch.int32, device=device) for s in range(k)]
+
+            def run() -> torch.Tensor:
+                hidden = state["hidden"]
+                for s in range(k):
+                    sampled = self.head.sample_keyed(hidden + positions[s], (state["seeds"], ar_steps[s],
+                                                                             state["rows_in_request"]),
+                                                     1.0, False, times)
+                    state["tokens"][s].copy_(sampled)
+                    if s + 1 < k or decode_last:
+                        hidden = self.decode(self.embed_feedback(sampled, positions[s]), state["scratch"])
+                state["hidden"].copy_(hidden)
+                return state["tokens"]
+            graphed = self.use_cuda_graphs and graphs_available(device)
+            state["run"] = build_leading_steps(run, [state["scratch"].lengths, state["hidden"]], graphed)
+            batch.steps[key] = state  # kept (graphs on a GPU) only with leading steps: a small cache of R·(T + k·P)
+        return state

@@ -6,10 +6,12 @@ Work hoisted out of the loop:
 - per AR step: ``cond_embed(c)`` (once, not once per sampling step);
 - per model: all adaLN linears of the head and the final layer's modulation stacked into one matrix, so one GEMM
   per sampling step makes every block's scale/shift/gate.
-Per sampling step: ``input_proj`` of the conditional half only (both halves see the same x), the blocks through
+Per sampling step: the condition ``silu(cond_embed + time_embed)`` in one kernel (``time_condition``),
+``input_proj`` of the conditional half only (both halves see the same x), the blocks through
 ``layernorm_modulate`` / ``patch_attention`` / ``gated_residual`` / ``swiglu`` with ``linear.linear`` for the GEMMs
-(F.linear, or the ``quantized_linear`` operation for 8-bit weights),
-the final layer, then ``sampler_step`` (velocity, guidance, score, drift, noise) in one kernel; the last step is
+(F.linear, or the ``quantized_linear`` operation for 8-bit weights), the final layer (``2·sigmoid − 1`` in one
+kernel, ``sigmoid_output``, for sigmoid-output models), then ``sampler_step`` (velocity, guidance, score, drift,
+noise) in one kernel; the last step is
 ``sampler_final`` (Euler step and sign). Shapes: conditioning ``[rows, P, C_cond]``, noise ``[N + 1, rows/m, P, C]``.
 ``sample_keyed`` is the same loop with the noise drawn from per-row Philox keys (``sampler_step_keyed``: in the
 CUDA kernel's registers on the "cuda" chain), so no noise tensor is staged.
@@ -92,7 +94,7 @@ class FusedHead:
                 x = self.ops.gated_residual(x, h, gate, out=x)
         h = self.ops.layernorm_modulate(x, f_scale, f_shift, None, None, LN_EPS)
         out = head.final_layer.linear(h).reshape(mult * b, p, cfg.token_channels)
-        return 2 * torch.sigmoid(out) - 1 if cfg.sigmoid_output else out
+        return self.ops.sigmoid_output(out, out=out) if cfg.sigmoid_output else out
 
     def _linear(self, x: torch.Tensor, weight_bias) -> torch.Tensor:
         return linear(self.ops, x, *weight_bias)
@@ -140,9 +142,10 @@ class FusedHead:
         dtype = self.head.input_proj.weight.dtype
         c_emb = linear(self.ops, cond.to(dtype), *self.cond_embed).reshape(rows * p, self.cfg.width)
         num_steps = times.times.shape[0] - 1
+        y = torch.empty_like(c_emb)
         for i in range(num_steps):
-            y = F.silu(c_emb + times.embeddings[i])
+            self.ops.time_condition(c_emb, times.embeddings[i], out=y)
             x = step(self.forward(x, y, mult), x, i)
-        y = F.silu(c_emb + times.embeddings[num_steps])
+        self.ops.time_condition(c_emb, times.embeddings[num_steps], out=y)
         pred = self.forward(x, y, mult)
         return self.ops.sampler_final(pred, x, cfg_scale, guided).tokens

@@ -27,6 +27,7 @@ from .slot_batch import SlotBatch
 FLOAT32 = 4
 HEAD_TENSORS_PER_TOKEN = 12   # float32 head-width tensors alive in one head evaluation (x, h, adaLN chunks, ...)
 DECODER_LIVE_MAPS = 4         # full-resolution feature maps alive at once in the decoder's top level
+DECODE_PASS_BYTES = 4 << 30   # the decoder's top-level activations one decoding pass may hold (images are chunked)
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,10 @@ def join_bytes(d: ModelDims, rows: int, prompt_len: int, images: int, height: in
 def peak_bytes(d: ModelDims, batch: int, join: int) -> int:
     """Weights plus a batch (``batch_bytes``) plus a join (``join_bytes``) at once: the estimated device peak."""
     return d.weights_bytes + batch + join
+
+
+def decode_chunk(d: ModelDims, height: int, width: int, limit: int = DECODE_PASS_BYTES) -> int:
+    """Images one decoder pass takes at most, so that its top-level maps stay within ``limit`` bytes (at least 1):
+    e.g. a width-128 float32 decoder, 4 GiB: 32 images of 256², 2 of 1024²."""
+    per_image = height * width * d.decoder_width * FLOAT32 * DECODER_LIVE_MAPS
+    return max(1, limit // per_image)

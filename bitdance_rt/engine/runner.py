@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..outputs import format_images
+from ..outputs import format_images, to_pixels
 from .engine import Engine
-from .memory import ModelDims, batch_bytes, join_bytes
+from .memory import ModelDims, batch_bytes, decode_chunk, join_bytes
 from .slot_batch import SlotBatch
 
 
@@ -53,7 +53,33 @@ class Active:
 class _Batch:
     slot_batch: SlotBatch
     positions: torch.Tensor          # [AR steps, P, W] float32: each AR step's position term
-    guidance: list[float] = field(default_factory=list)
+    tokens: torch.Tensor             # int8 [slots, AR steps·P, C]: each slot's tokens so far (its request's)
+    prefill_shape: tuple[int, int]   # (rows, length) of every join's prefill pass
+    staging: "HostStaging"
+
+
+class HostStaging:
+    """Host buffers of a batch's per-round inputs (each slot's AR step and guidance scale), pinned on CUDA, copied
+    to the device without blocking; before the host rewrites them it waits for the previous round's copies
+    (an event), so a copy in flight never reads a half-written buffer."""
+
+    def __init__(self, slots: int, device: torch.device):
+        pin = device.type == "cuda" and torch.cuda.is_available()
+        self.steps = torch.zeros(slots, dtype=torch.int32, pin_memory=pin)
+        self.scales = torch.ones(slots, dtype=torch.float32, pin_memory=pin)
+        self._event = torch.cuda.Event() if pin else None
+
+    def write(self, steps: list[int], scales: list[float]) -> None:
+        if self._event is not None:
+            self._event.synchronize()
+        self.steps.numpy()[:] = steps
+        self.scales.numpy()[:] = scales
+
+    def send(self, steps: torch.Tensor, scales: torch.Tensor) -> None:
+        steps.copy_(self.steps, non_blocking=True)
+        scales.copy_(self.scales, non_blocking=True)
+        if self._event is not None:
+            self._event.record()
 
 
 class ModelRunner:
@@ -61,7 +87,7 @@ class ModelRunner:
         self.family, self.engine = family, engine
         self.dims = ModelDims.of(engine, family)
         self._batches: dict[tuple, _Batch] = {}
-        self._tokens: dict[str, torch.Tensor] = {}
+        self._tokens: dict[str, tuple[tuple, int, int]] = {}   # request id -> (batch key, first slot, images)
 
     @property
     def device(self) -> torch.device:
@@ -87,7 +113,11 @@ class ModelRunner:
     def _batch(self, key: tuple, slots: int, max_len: int, spec) -> _Batch:
         if key not in self._batches:
             sb = self.engine.allocate_batch(slots, max_len, spec.num_steps, spec.guided)
-            self._batches[key] = _Batch(sb, self.engine.block_positions(spec.grid))
+            tokens = torch.zeros(slots, spec.num_ar * spec.parallel, self.engine.token_channels, dtype=torch.int8,
+                                 device=self.device)
+            shape = (sb.rows, self.family.prefill_length(max_len, spec.num_ar))
+            self._batches[key] = _Batch(sb, self.engine.block_positions(spec.grid), tokens, shape,
+                                        HostStaging(slots, self.device))
         return self._batches[key]
 
     def slot_batch(self, key: tuple) -> SlotBatch | None:
@@ -101,90 +131,80 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- requests
     def join(self, key: tuple, slots: int, max_len: int, joins: list[Join]) -> list[int]:
-        """Prefill ``joins`` (whose slots follow each other) in one pass over their rows, then run their leading
-        unguided AR steps (the same for all of them). Returns the AR steps completed here (``[1, .., k]``). On an
-        exception their rows are freed and nothing of theirs is kept."""
+        """Prefill ``joins`` (anywhere in the batch, the same leading unguided AR steps) in one fixed-shape pass
+        and run their leading unguided AR steps (``Engine.join``): the device work does not grow with the number
+        of joining requests, and a row's arithmetic does not depend on them. Returns the AR steps completed here
+        (``[1, .., k]``). On an exception their rows are freed and nothing of theirs is kept."""
         spec0 = joins[0].spec
         b = self._batch(key, slots, max_len, spec0)
-        batch, engine = b.slot_batch, self.engine
-        first = joins[0].first_slot
-        count = sum(j.spec.num_images for j in joins)
-        device = batch.hidden.device
+        batch = b.slot_batch
+        m, p = batch.mult, spec0.parallel
+        slot_list = [j.first_slot + i for j in joins for i in range(j.spec.num_images)]
+        rows = [row for j in joins for row in j.rows]
+        if len(rows) != len(slot_list) * m:
+            raise ValueError(f"ModelRunner.join: {len(rows)} rows do not fill {len(slot_list)} slots of {m} rows")
+        total = b.prefill_shape[0]
+        seeds = [s for j in joins for s in j.spec.image_seeds]
+        host = torch.tensor([[s * m + r for s in slot_list for r in range(m)] + [0] * (total - len(rows)),
+                             [s for s in seeds for _ in range(m)] + [0] * (total - len(rows)),
+                             [r for _ in seeds for r in range(m)] + [0] * (total - len(rows))], dtype=torch.int64)
+        index = host.to(self.device)
+        row_index, slot_index = index[0, :len(rows)], index[0, :len(rows):m] // m
+        leading = self.leading_unguided_steps(spec0)
+        for j in joins:
+            self._tokens[j.request_id] = (key, j.first_slot, j.spec.num_images)
         try:
-            for j in joins:
-                self._tokens[j.request_id] = torch.zeros(j.spec.num_images, j.spec.num_ar * j.spec.parallel,
-                                                         engine.token_channels, dtype=torch.int8, device=device)
-            engine.join(batch, first, [row for j in joins for row in j.rows])
-            seeds = torch.tensor([s for j in joins for s in j.spec.image_seeds], dtype=torch.int64)
-            batch.seeds[first:first + count] = seeds.to(device)
-            batch.rows_in_request[first:first + count] = 0  # each image is keyed by its own seed; row 0: cond
-            done = []
-            for k in range(self.leading_unguided_steps(spec0)):
-                noise = self._unguided_noise(seeds.to(device), k, spec0.num_steps, spec0.parallel)
-                tokens = engine.unguided_rows(batch, first, count, b.positions[k], noise)
-                self._record_all(joins, k, tokens[0::2])  # cache-row order: (cond, null) per image
-                done.append(k + 1)
-                if k + 1 < spec0.num_ar:
-                    batch.pos[batch.row_range(first, count)] = b.positions[k]
-                    engine.decode_rows(batch, first, count, tokens)
+            b.tokens.index_fill_(0, slot_index, 0)
+            made = self.engine.join(batch, row_index, rows, b.prefill_shape, [b.positions[k] for k in range(leading)],
+                                    (index[1], index[2].to(torch.int32)), decode_last=leading < spec0.num_ar)
+            batch.seeds.index_copy_(0, slot_index, index[1, :len(rows):m])
+            batch.rows_in_request.index_fill_(0, slot_index, 0)  # each image is keyed by its own seed; row 0: cond
+            for k, tokens in enumerate(made):  # the conditional rows: cache rows m·s
+                b.tokens[:, k * p:(k + 1) * p].index_copy_(0, slot_index, tokens[:len(rows):m].to(torch.int8))
+            done = list(range(1, leading + 1))
             if done and done[-1] == spec0.num_ar:  # finished on their own rows
-                batch.release(first, count)
+                self._release(batch, row_index)
         except BaseException:
-            batch.release(first, count)
+            self._release(batch, row_index)
             for j in joins:
                 self._tokens.pop(j.request_id, None)
             raise
         return done
 
-    def _unguided_noise(self, seeds: torch.Tensor, ar_step: int, num_steps: int, patch: int) -> torch.Tensor:
-        """Keyed noise ``[N + 1, 2·images, P, C]`` of an unguided step over both rows of every image, in the
-        sampler's row order: the conditional rows (row 0 of each image's key), then the null-class rows (row 1)."""
-        images = seeds.shape[0]
-        rows = torch.arange(2, dtype=torch.int32, device=seeds.device).repeat_interleave(images)
-        steps = torch.full_like(rows, ar_step)
-        both = seeds.repeat(2)
-        c = self.engine.token_channels
-        return torch.stack([self.engine.ops.keyed_noise(both, steps, rows, i, patch, c) for i in range(num_steps + 1)])
-
-    def _record_all(self, joins: list[Join], ar_step: int, tokens: torch.Tensor) -> None:
-        start = 0
-        for j in joins:
-            n = j.spec.num_images
-            self._record(j.request_id, j.spec, ar_step, tokens[start:start + n])
-            start += n
-
-    def _record(self, request_id: str, spec, ar_step: int, tokens: torch.Tensor) -> None:
-        p = spec.parallel
-        self._tokens[request_id][:, ar_step * p:(ar_step + 1) * p] = tokens
+    @staticmethod
+    def _release(batch: SlotBatch, row_index: torch.Tensor) -> None:
+        batch.live.index_fill_(0, row_index, 0)
+        batch.cache.lengths.index_fill_(0, row_index, 0)
 
     def step(self, key: tuple, slots: int, active: list[Active]) -> None:
         """One AR step of every request of ``active`` in batch ``key``, computing its first ``slots`` slots: their
-        position terms, guidance scales and noise keys for their own AR steps go into the batch in one copy each;
-        the head samples every row; each request keeps its tokens; requests that made their last step leave the
-        batch; the rest are fed back through the backbone."""
+        guidance scales and AR steps go to the device in one non-blocking copy each (pinned on CUDA), their
+        position terms and noise keys follow on the device; the head samples every row; the tokens of every slot
+        land in the batch's token buffer in one scatter; requests that made their last step leave the batch (one
+        index fill per tensor); the rest are fed back through the backbone. The device work is the same for any
+        number of active requests."""
         b = self._batches[key]
         batch = b.slot_batch
         slot_steps = [0] * batch.slots
         scales = [1.0] * batch.slots
+        leaving: list[int] = []
         for a in active:
             span = slice(a.first_slot, a.first_slot + a.images)
             slot_steps[span] = [a.ar_step] * a.images
             scales[span] = [self.family.guidance_at(a.spec.guidance, a.ar_step, a.spec.num_ar)] * a.images
-        steps = torch.tensor(slot_steps, dtype=torch.int32)
-        batch.ar_steps.copy_(steps, non_blocking=True)
-        batch.cfg.copy_(torch.tensor(scales, dtype=torch.float32), non_blocking=True)
-        rows = steps.repeat_interleave(batch.mult).to(batch.pos.device, non_blocking=True)
-        torch.index_select(b.positions, 0, rows, out=batch.pos)
+            if a.ar_step + 1 == a.spec.num_ar:
+                leaving.extend(range(a.first_slot * batch.mult, (a.first_slot + a.images) * batch.mult))
+        b.staging.write(slot_steps, scales)
+        b.staging.send(batch.ar_steps, batch.cfg)
+        torch.index_select(b.positions, 0, batch.ar_steps.repeat_interleave(batch.mult), out=batch.pos)
         step = self.engine.ar_step(batch, slots)
         tokens = step.head()
-        staying = False
-        for a in active:
-            self._record(a.request_id, a.spec, a.ar_step, tokens[a.first_slot:a.first_slot + a.images])
-            if a.ar_step + 1 == a.spec.num_ar:
-                batch.release(a.first_slot, a.images)
-            else:
-                staying = True
-        if staying:
+        p, c = batch.patch, tokens.shape[-1]
+        cols = batch.ar_steps[:slots, None] * p + torch.arange(p, device=tokens.device)
+        b.tokens[:slots].scatter_(1, cols[:, :, None].expand(-1, -1, c).long(), tokens.to(torch.int8))
+        if leaving:
+            self._release(batch, torch.tensor(leaving, dtype=torch.int64).to(self.device))
+        if len(leaving) < sum(a.images for a in active) * batch.mult:
             step.decode()
 
     def leave(self, key: tuple, first_slot: int, count: int) -> None:
@@ -195,8 +215,13 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- results
     def tokens(self, request_id: str) -> torch.Tensor | None:
-        """The request's tokens so far, int8 ``[images, h·w, C]`` on the device (0 where not yet sampled)."""
-        return self._tokens.get(request_id)
+        """The request's tokens so far, int8 ``[images, h·w, C]`` on the device (0 where not yet sampled): a view
+        of its batch's token buffer."""
+        where = self._tokens.get(request_id)
+        if where is None or where[0] not in self._batches:
+            return None
+        key, first, images = where
+        return self._batches[key].tokens[first:first + images]
 
     def decode(self, tokens: torch.Tensor, spec, output_type: str):
         """Images of ``tokens`` for ``spec`` as ``output_type`` (decoded with the request's seed, for GAN
@@ -207,13 +232,69 @@ class ModelRunner:
     def output(self, request_id: str, spec) -> tuple[object, torch.Tensor]:
         """A finished request's images (as its ``output_type``; None for ``"tokens"``) and its tokens on the CPU;
         its state is dropped."""
-        tokens = self._tokens.pop(request_id)
-        images = None if spec.output_type == "tokens" else self.decode(tokens, spec, spec.output_type)
-        return images, tokens.to("cpu")
+        return self.outputs([(request_id, spec)])[0]
+
+    def outputs(self, finished: list[tuple[str, object]]) -> list[tuple[object, torch.Tensor]]:
+        """``output`` for requests that finished together: per batch one gather of their tokens and one copy to
+        the host; per image size one decoder pass over all their images (GAN decoders draw each request's noise
+        map from its own seed, one draw per request) and one conversion to pixels. Their state is dropped."""
+        results: list = [None] * len(finished)
+        by_batch: dict[tuple, list[int]] = {}
+        for i, (rid, _) in enumerate(finished):
+            by_batch.setdefault(self._tokens[rid][0], []).append(i)
+        for key, members in by_batch.items():
+            slot_list = [self._tokens[finished[i][0]][1] + k for i in members
+                         for k in range(self._tokens[finished[i][0]][2])]
+            index = torch.tensor(slot_list, dtype=torch.int64).to(self.device)
+            gathered = self._batches[key].tokens.index_select(0, index)
+            host = gathered.to("cpu").numpy()
+            start, decoding = 0, []
+            for i in members:
+                rid, spec = finished[i]
+                n = self._tokens[rid][2]
+                results[i] = [None, torch.from_numpy(host[start:start + n].copy())]
+                if spec.output_type != "tokens":
+                    decoding.append((i, start, n))
+                start += n
+            self._decode_together(gathered, [(finished[i][1], s, n, results[i]) for i, s, n in decoding])
+        for rid, _ in finished:
+            self._tokens.pop(rid, None)
+        return [tuple(r) for r in results]
+
+    def _decode_together(self, tokens: torch.Tensor, parts: list) -> None:
+        """Decode ``parts`` (spec, first row of ``tokens``, images, result to fill) of one batch (one size): one
+        decoder pass over all their images (chunked when their maps would exceed ``memory.DECODE_PASS_BYTES``),
+        one conversion to pixels for the PIL/NumPy ones."""
+        if not parts:
+            return
+        spec0 = parts[0][0]
+        if self.family.model.decoder_layout.gan_decoder:
+            images = torch.cat([self.family.decode(tokens[s:s + n], spec.grid, None if spec.seed is None else
+                                                   torch.Generator(device=self.device).manual_seed(spec.seed))
+                                for spec, s, n, _ in parts])
+        else:  # in chunks of images whose decoder maps fit DECODE_PASS_BYTES (memory.decode_chunk)
+            index = torch.tensor([s + k for _, s, n, _ in parts for k in range(n)], dtype=torch.int64)
+            picked = tokens.index_select(0, index.to(tokens.device))
+            chunk = decode_chunk(self.dims, spec0.height, spec0.width)
+            pieces = [self.family.decode(picked[i:i + chunk], spec0.grid, None) for i in range(0, len(index), chunk)]
+            images = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        firsts, start = [], 0
+        for _, _, n, _ in parts:
+            firsts.append(start)
+            start += n
+        pixels = to_pixels(images).numpy() if any(spec.output_type in ("pil", "np") for spec, *_ in parts) else None
+        for (spec, _, n, result), first in zip(parts, firsts):
+            if spec.output_type == "pt":
+                result[0] = images[first:first + n]
+            elif spec.output_type == "np":
+                result[0] = pixels[first:first + n].copy()
+            else:
+                from PIL import Image
+                result[0] = [Image.fromarray(px) for px in pixels[first:first + n]]
 
     def preview(self, request_id: str, spec, output_type: str):
         """The request's images from the tokens made so far (zeros elsewhere: see ``batching/preview.py``)."""
-        tokens = self._tokens.get(request_id)
+        tokens = self.tokens(request_id)
         if tokens is None:
             tokens = torch.zeros(spec.num_images, spec.grid[0] * spec.grid[1], self.engine.token_channels,
                                  dtype=torch.int8, device=self.device)

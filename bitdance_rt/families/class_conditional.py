@@ -123,11 +123,19 @@ class ClassConditional(Family):
                               input_norm=bb.emb_norm.weight, final_norm=bb.norm.weight, layers=layers,
                               cos=cos.contiguous(), sin=sin.contiguous())
 
-    def prefill_inputs(self, rows, device):
-        """Class tokens and the P−1 query tokens of every row; the causal part is every class token but the last."""
-        labels = torch.tensor(rows, device=device)
-        lengths = torch.full((len(rows),), self.config.num_prefix, dtype=torch.int32, device=device)
+    def prefill_inputs(self, rows, device, pad_rows=None, pad_len=None):
+        """Class tokens and the P−1 query tokens of every row; the causal part is every class token but the last.
+        Every row has the same length (``num_prefix``); filler rows (``pad_rows``) take the null class."""
+        total = len(rows) if pad_rows is None else pad_rows
+        if total < len(rows) or (pad_len is not None and pad_len != self.config.num_prefix):
+            raise ValueError(f"prefill_inputs: {len(rows)} rows of {self.config.num_prefix} do not fit {total} "
+                             f"rows of {pad_len}")
+        labels = torch.tensor(list(rows) + [self.config.null_class] * (total - len(rows))).to(device)
+        lengths = torch.full((total,), self.config.num_prefix, dtype=torch.int32, device=device)
         return self.model.backbone.class_tokens(labels), lengths, torch.full_like(lengths, self.config.causal_len)
+
+    def prefill_length(self, max_len: int, num_ar: int) -> int:
+        return self.config.num_prefix
 
     def _position_table(self, grid):
         return self.model.backbone.pos_for_diff.weight.float().view(-1, self.parallel, self.config.dim)

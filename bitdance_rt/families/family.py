@@ -134,12 +134,18 @@ class Family:
     def _build_layout(self):
         raise NotImplementedError
 
-    def prefill_inputs(self, rows: list, device: torch.device
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def prefill_inputs(self, rows: list, device: torch.device, pad_rows: int | None = None,
+                       pad_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A prefill's inputs for cache rows ``rows`` (``cache_rows``): the input embeddings ``[B, T, W]``
-        (rows padded to the longest), each row's length and the causal part of it (int32 ``[B]``; the rest is the
-        first block of P, attending bidirectionally)."""
+        (rows padded to the longest, or to ``pad_len``; ``pad_rows``: B, filler rows of one block appended), each
+        row's length and the causal part of it (int32 ``[B]``; the rest is the first block of P, attending
+        bidirectionally). Built with one host-to-device copy per tensor, whatever the row count."""
         raise NotImplementedError
+
+    def prefill_length(self, max_len: int, num_ar: int) -> int:
+        """The prefill length every join of a group computes (its rows padded to it), from the group's cache
+        length: fixed per group, so a row's prefill never depends on what joins with it."""
+        return max_len - (num_ar - 1) * self.parallel
 
     def block_positions(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
         """The position term the head adds to the hidden states of every AR step, ``[h·w / P, P, W]`` float32

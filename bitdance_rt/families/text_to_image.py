@@ -125,15 +125,21 @@ class TextToImage(Family):
                               norm_style="hf", input_norm=None, final_norm=bb.norm.weight, layers=layers,
                               cos=cos.contiguous(), sin=sin.contiguous())
 
-    def prefill_inputs(self, rows, device):
+    def prefill_inputs(self, rows, device, pad_rows=None, pad_len=None):
         """Prompt rows padded with id 0 (never attended: each row's length bounds its keys); the causal part is
-        the prompt, ``<|vision_start|>`` and ``<|res_H|>``, the first block ``<|res_W|>`` and the query tokens."""
-        longest = max(map(len, rows))
-        ids = torch.zeros(len(rows), longest, dtype=torch.long)
-        for r, seq in enumerate(rows):
-            ids[r, :len(seq)] = torch.tensor(seq)
-        lengths = torch.tensor([len(seq) for seq in rows], dtype=torch.int32, device=device)
-        return self.model.backbone.embed(ids.to(device)), lengths, lengths - self.parallel
+        the prompt, ``<|vision_start|>`` and ``<|res_H|>``, the first block ``<|res_W|>`` and the query tokens.
+        Filler rows (``pad_rows``) are one block of id 0."""
+        p = self.parallel
+        longest = max(map(len, rows)) if pad_len is None else pad_len
+        total = len(rows) if pad_rows is None else pad_rows
+        if longest < max(map(len, rows)) or total < len(rows):
+            raise ValueError(f"prefill_inputs: {len(rows)} rows up to {max(map(len, rows))} long do not fit "
+                             f"{total} rows of {longest}")
+        ids = [seq + [0] * (longest - len(seq)) for seq in rows] + [[0] * longest] * (total - len(rows))
+        lengths = [len(seq) for seq in rows] + [p] * (total - len(rows))
+        host = torch.tensor(ids, dtype=torch.long)
+        lengths = torch.tensor(lengths, dtype=torch.int32).to(device)
+        return self.model.backbone.embed(host.to(device)), lengths, lengths - p
 
     def _position_table(self, grid):
         p = self.parallel

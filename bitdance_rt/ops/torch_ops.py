@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 
 from .sampler_contract import FinalTokens  # plain torch: no Triton import
+from ..reference.decoder_ops import group_norm_silu_ref
 from ..reference.attention import decode_allowed, masked_attention, prefill_allowed
-from ..reference.head_ops import gated_residual_ref, layernorm_modulate_ref, patch_attention_ref, swiglu_ref
+from ..reference.head_ops import (gated_residual_ref, layernorm_modulate_ref, patch_attention_ref, sigmoid_output_ref,
+                                  swiglu_ref, time_condition_ref)
 from ..reference.philox_noise import keyed_normal
 from ..reference.pre_attention import (qk_norm_rope_append_reference, rmsnorm_residual_reference,
                                        rope_append_interleaved_reference)
@@ -71,6 +73,18 @@ def layernorm_modulate(x, scale, shift, weight, bias, eps, out=None):
 
 def gated_residual(x, h, gate, out=None):
     return _into(out, gated_residual_ref(x, h, gate).to(x.dtype))
+
+
+def time_condition(cond, time, out=None):
+    return _into(out, time_condition_ref(cond, time))
+
+
+def sigmoid_output(x, out=None):
+    return _into(out, sigmoid_output_ref(x))
+
+
+def group_norm_silu(x, weight, bias, groups, eps, out=None):
+    return _into(out, group_norm_silu_ref(x, weight, bias, groups, eps))
 
 
 def swiglu(ab, out=None):

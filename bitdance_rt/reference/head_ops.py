@@ -45,3 +45,14 @@ def patch_attention_ref(qkv: torch.Tensor, head_dim: int) -> torch.Tensor:
     scores = (q * head_dim ** -0.5) @ k.transpose(-1, -2)
     out = torch.softmax(scores, dim=-1) @ v
     return out.transpose(1, 2).reshape(rows, patch, width)
+
+
+def time_condition_ref(cond: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+    """The head's per-sampling-step condition ``silu(cond + time)``: ``cond [N, D]``, ``time [D]`` (the time
+    embedding of the step, broadcast over the rows)."""
+    return F.silu(cond + time)
+
+
+def sigmoid_output_ref(x: torch.Tensor) -> torch.Tensor:
+    """The head's output map of sigmoid-output models, ``2·sigmoid(x) − 1``."""
+    return 2 * torch.sigmoid(x) - 1

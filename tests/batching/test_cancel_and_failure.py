@@ -65,10 +65,10 @@ def test_a_failing_prefill_fails_alone(rt, reference_tokens, monkeypatch):
     engine = rt.runner.engine
     join = engine.join
 
-    def faulty_join(batch, first_slot, rows):
-        if rows[0] == 13:
+    def faulty_join(batch, row_index, rows, *args, **kwargs):
+        if 13 in rows:  # the two requests join in one pass; that fails, then each is retried alone
             raise RuntimeError("injected prefill failure")
-        return join(batch, first_slot, rows)
+        return join(batch, row_index, rows, *args, **kwargs)
 
     monkeypatch.setattr(engine, "join", faulty_join)
     keep = rt.submit(class_label=8, guidance_scale=3.0, seed=8, **C2I)

@@ -1,7 +1,7 @@
 """The CUDA-graph path's control flow, on the CPU: capture is replaced by a stand-in that runs the step on every
 replay, so what is checked is the plumbing around the graphs — the warm-up's side effects undone (cache lengths),
-static buffers refilled per request, the class-conditional step 0's tokens handed to the captured decode, graphs
-reused by a later request. Real capture and replay on a GPU are not covered here (no GPU in CI)."""
+static buffers refilled per request, the class-conditional step 0 (captured too, on the join's scratch rows)
+replayed after each prefill, graphs reused by a later request. Real capture and replay on a GPU are not covered here (no GPU in CI)."""
 
 from __future__ import annotations
 
@@ -45,9 +45,9 @@ def test_c2i_graph_path_matches_eager_and_reuses_graphs(c2i16_files, graph_path)
     eager = eager_rt.generate(**args).tokens
     graphed_rt = Runtime.from_pretrained(model, tokenizer_path=tokenizer, **placement("triton"))
     first = graphed_rt.generate(**args).tokens
-    assert ReplayingCapture.made == 2  # the head loop and the decode step
+    assert ReplayingCapture.made == 3  # the head loop, the decode step and the join's step 0
     assert torch.equal(first, eager)
     again = graphed_rt.generate(**{**args, "seed": 12}).tokens
-    assert ReplayingCapture.made == 2  # same bucket: no new capture
+    assert ReplayingCapture.made == 3  # same bucket: no new capture (step 0 replayed with the new seeds)
     assert (again != first).double().mean() > 0.2
     assert torch.equal(graphed_rt.generate(**args).tokens, eager)

@@ -208,3 +208,15 @@ def test_prefill_argument_errors(override, message):
     args.update(override)
     with pytest.raises(ValueError, match=message):
         block_attention_prefill(**args)
+
+
+def test_choose_key_splits():
+    """Decode key splits from the row count and the multiprocessor count (132 on an H200): few rows get many
+    splits (two waves), a full batch none, never a split under ``MIN_KEYS_PER_SPLIT`` keys."""
+    from bitdance_rt.kernels.block_attention import MIN_KEYS_PER_SPLIT, choose_key_splits
+
+    assert choose_key_splits(programs=2 * 8, max_len=8192, sm_count=132) == 17      # 14B batch 1: 2 rows x 8 heads
+    assert choose_key_splits(programs=32 * 8, max_len=8192, sm_count=132) == 2      # 14B batch 16
+    assert choose_key_splits(programs=512 * 12, max_len=272, sm_count=132) == 1     # B-16x batch 256
+    assert choose_key_splits(programs=1, max_len=300, sm_count=132) == 300 // MIN_KEYS_PER_SPLIT
+    assert choose_key_splits(programs=4, max_len=100, sm_count=132) == 1
