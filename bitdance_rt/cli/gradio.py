@@ -4,12 +4,9 @@ served until Ctrl-C. Needs the ``gradio`` extra."""
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
-import tempfile
-from pathlib import Path
 
-from .model_options import add_model_arguments
+from .model_options import add_model_arguments, serving_runtime
 
 NAME = "gradio"
 HELP = "serve a model in a Gradio app (the release demo's controls, live previews, shared batches)"
@@ -35,7 +32,6 @@ def add_arguments(g: argparse.ArgumentParser) -> None:
 def run(a: argparse.Namespace) -> int:
     from ..errors import InvalidRequestError
     from ..request import check_int
-    from ..runtime import Runtime
 
     try:
         from ..frontends.gradio_app import launch_app
@@ -53,20 +49,7 @@ def run(a: argparse.Namespace) -> int:
     limits = {"memory_budget": a.memory_budget}
     if a.max_batch is not None or a.tiny:
         limits["max_batch"] = a.max_batch if a.max_batch is not None else TINY_MAX_BATCH
-    scratch = None
-    try:
-        if a.tiny:
-            from ..tiny_models import write_tiny_t2i
-
-            scratch = tempfile.mkdtemp(prefix="bitdance-tiny-")
-            model = write_tiny_t2i(Path(scratch) / "tiny-t2i", parallel_num=64, seed=0)
-            runtime = Runtime.from_pretrained(model, device=a.device or "cpu", dtype=a.dtype, backend=a.backend,
-                                              quantization=getattr(a, "quantization", None),
-                                              **limits)
-        else:
-            runtime = Runtime.from_pretrained(a.model, device=a.device, dtype=a.dtype, backend=a.backend,
-                                              quantization=getattr(a, "quantization", None),
-                                              tokenizer_path=a.tokenizer, trust_pickle=a.trust_pickle, **limits)
+    with serving_runtime(a, **limits) as (runtime, _):
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # as Ctrl-C: Gradio closes its server
         try:
             launch_app(runtime, host=a.host, port=a.port, block=True, max_images=a.max_images,
@@ -75,9 +58,6 @@ def run(a: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
             runtime.stop_worker(cancel=True)
         return 0
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _size(text: str) -> tuple[int, int]:

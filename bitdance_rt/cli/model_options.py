@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
 
 def add_model_arguments(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     if model_required:
@@ -39,3 +43,23 @@ def load_runtime(a: argparse.Namespace, model=None, **options):
                                    backend=a.backend, tokenizer_path=getattr(a, "tokenizer", None),
                                    trust_pickle=getattr(a, "trust_pickle", False),
                                    quantization=getattr(a, "quantization", None), **options)
+
+
+@contextlib.contextmanager
+def serving_runtime(a: argparse.Namespace, **limits):
+    """The runtime a serving command (``serve``, ``gradio``) runs: the model of ``a``, or with ``--tiny`` a tiny
+    random-weight text-to-image model written to a scratch folder (removed on exit) and run on the CPU unless
+    ``--device`` says otherwise. Yields ``(runtime, what was loaded)``."""
+    if not a.tiny:
+        yield load_runtime(a, **limits), a.model
+        return
+    from ..runtime import Runtime
+    from ..tiny_models import write_tiny_t2i
+
+    scratch = tempfile.mkdtemp(prefix="bitdance-tiny-")
+    try:
+        model = write_tiny_t2i(Path(scratch) / "tiny-t2i", parallel_num=64, seed=0)
+        yield Runtime.from_pretrained(model, device=a.device or "cpu", dtype=a.dtype, backend=a.backend,
+                                      quantization=getattr(a, "quantization", None), **limits), model
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

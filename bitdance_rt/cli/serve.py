@@ -12,15 +12,13 @@ import argparse
 import importlib
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from .model_options import add_model_arguments
+from .model_options import add_model_arguments, serving_runtime
 
 NAME = "serve"
 HELP = "serve a model over HTTP: OpenAI-style images API, progress events, metrics, web page"
@@ -156,22 +154,8 @@ def run(a: argparse.Namespace) -> int:
 def _serve(a: argparse.Namespace, config, limits: dict) -> int:
     from ..errors import InvalidRequestError
     from ..http.server import ImageServer
-    from ..runtime import Runtime
 
-    scratch = None
-    try:
-        if a.tiny:
-            from ..tiny_models import write_tiny_t2i
-
-            scratch = tempfile.mkdtemp(prefix="bitdance-tiny-")
-            model = write_tiny_t2i(Path(scratch) / "tiny-t2i", parallel_num=64, seed=0)
-            runtime = Runtime.from_pretrained(model, device=a.device or "cpu", dtype=a.dtype, backend=a.backend,
-                                              quantization=a.quantization, **limits)
-        else:
-            model = a.model
-            runtime = Runtime.from_pretrained(model, device=a.device, dtype=a.dtype, backend=a.backend,
-                                              tokenizer_path=a.tokenizer, trust_pickle=a.trust_pickle,
-                                              quantization=a.quantization, **limits)
+    with serving_runtime(a, **limits) as (runtime, model):
         try:
             server = ImageServer(runtime, a.host, a.port, config)
         except OSError as e:
@@ -182,9 +166,6 @@ def _serve(a: argparse.Namespace, config, limits: dict) -> int:
         _serve_until_signal(server, a.drain_timeout)
         print("bitdance-rt: stopped", flush=True)
         return 0
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _serve_until_signal(server, drain_timeout: float) -> None:
