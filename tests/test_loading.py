@@ -4,9 +4,9 @@ import torch
 import pytest
 
 from bitdance_rt.errors import CheckpointError
-from bitdance_rt.loading.c2i_checkpoint import plan_c2i
+from bitdance_rt.loading.c2i_checkpoint import open_c2i_files
 from bitdance_rt.loading.inspect import inspect_checkpoint
-from bitdance_rt.loading.t2i_checkpoint import plan_t2i
+from bitdance_rt.loading.t2i_checkpoint import open_t2i_files
 from bitdance_rt.loading.tensor_files import TensorTable, check_shapes, load_into
 from bitdance_rt.tiny_models import write_tiny_c2i, write_tiny_t2i
 
@@ -68,7 +68,7 @@ def test_plan_reads_no_weights(tmp_path, monkeypatch):
 
     directory = write_tiny_t2i(tmp_path / "t2i", parallel_num=16)
     monkeypatch.setattr(safetensors, "safe_open", HeadersOnly)
-    plan = plan_t2i(directory, CPU, torch.float32)
+    plan = open_t2i_files(directory, CPU, torch.float32)
     assert plan.parallel == 16 and plan.backbone_config.hidden_size == 64
     assert plan.head_config.block_kind == "trans" and plan.head_config.sigmoid_output
     assert plan.decoder_layout.downsample == 16
@@ -82,7 +82,7 @@ def test_c2i_sizes_are_inferred_from_shapes(tmp_path, parallel, kind):
     model, tokenizer = write_tiny_c2i(tmp_path, parallel_num=parallel)
     # a name that says nothing: detection must not depend on file names
     renamed = model.rename(tmp_path / "checkpoint.bin")
-    plan = plan_c2i(renamed, tokenizer, CPU, torch.float32)
+    plan = open_c2i_files(renamed, tokenizer, CPU, torch.float32)
     assert plan.config.parallel == parallel
     assert plan.config.dim == 64 and plan.config.num_layers == 2 and plan.config.num_heads == 1
     assert plan.head_config.block_kind == kind and not plan.head_config.sigmoid_output
@@ -93,7 +93,7 @@ def test_info_reports_parameter_counts_and_stored_dtypes(tmp_path):
     directory = write_tiny_t2i(tmp_path / "t2i", parallel_num=64)
     info = inspect_checkpoint(directory)
     assert info["family"] == "text-to-image" and info["tokens_per_step"] == 64
-    assert info["stored_dtypes"]["backbone"] == {"BF16": sum(1 for k in plan_t2i(directory, CPU, torch.float32)
+    assert info["stored_dtypes"]["backbone"] == {"BF16": sum(1 for k in open_t2i_files(directory, CPU, torch.float32)
                                                             .backbone_config.expected_shapes())}
     assert info["parameters"]["total"] == sum(v for k, v in info["parameters"].items() if k != "total")
     assert info["parameters"]["projector"] == 32 * 64 + 64 + 64 * 64 + 64

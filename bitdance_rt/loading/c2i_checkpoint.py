@@ -29,7 +29,7 @@ C2I_ATTN_HEAD_DIM = 64
 
 
 @dataclass
-class C2ISpec:
+class C2IArchitecture:
     """What the tensor shapes say about a class-conditional checkpoint."""
     path: Path
     tokenizer_path: Path | None
@@ -43,14 +43,14 @@ class C2ISpec:
 
 
 @dataclass
-class C2IPlan(C2ISpec):
-    """The spec plus the checked tensor tables, before any weight is placed."""
+class C2IFiles(C2IArchitecture):
+    """The architecture plus the checked tensor tables, before any weight is placed."""
     parts: dict[str, tuple[TensorTable, dict]]
 
 
 @dataclass
-class C2IModel(C2ISpec):
-    """The spec plus the loaded reference modules."""
+class C2IModel(C2IArchitecture):
+    """The architecture plus the loaded reference modules."""
     backbone: C2IBackbone
     head: DiffusionHead
     decoder: TokenDecoder
@@ -111,8 +111,8 @@ def _model_state(ckpt: dict, path: Path) -> dict:
                           f"{sorted(map(str, ckpt))[:8]}); this is not a class-conditional BitDance checkpoint.")
 
 
-def plan_c2i(path: Path, tokenizer_path: Path | None, device: torch.device, dtype: torch.dtype,
-             trust_pickle: bool = False) -> C2IPlan:
+def open_c2i_files(path: Path, tokenizer_path: Path | None, device: torch.device, dtype: torch.dtype,
+             trust_pickle: bool = False) -> C2IFiles:
     model_table = dict_table(_model_state(torch_file(path, trust_pickle, "checkpoint"), path), path, device, dtype)
     if tokenizer_path is not None:
         tok = torch_file(tokenizer_path, trust_pickle, "tokenizer file")
@@ -139,17 +139,17 @@ def plan_c2i(path: Path, tokenizer_path: Path | None, device: torch.device, dtyp
              "decoder": (decoder_table, decoder_shapes(layout))}
     for name, (table, shapes) in parts.items():
         check_shapes(table, shapes, name)
-    return C2IPlan(path, tokenizer_path, cfg, head_cfg, layout, parts)
+    return C2IFiles(path, tokenizer_path, cfg, head_cfg, layout, parts)
 
 
 def load_c2i(path: Path, tokenizer_path: Path | None, device: torch.device, dtype: torch.dtype,
              trust_pickle: bool = False, quantization: str | None = None) -> C2IModel:
     """The model, its backbone and head linears in ``quantization`` (None, "fp8", "int8": ``quantized_load``)."""
-    plan = plan_c2i(path, tokenizer_path, device, dtype, trust_pickle)
-    factories = {"backbone": lambda: C2IBackbone(plan.config), "head": lambda: DiffusionHead(plan.head_config),
-                 "decoder": lambda: TokenDecoder(plan.decoder_layout)}
+    files = open_c2i_files(path, tokenizer_path, device, dtype, trust_pickle)
+    factories = {"backbone": lambda: C2IBackbone(files.config), "head": lambda: DiffusionHead(files.head_config),
+                 "decoder": lambda: TokenDecoder(files.decoder_layout)}
     modules = {name: load_part(factories[name], table, shapes, name, quantization)
-               for name, (table, shapes) in plan.parts.items()}
+               for name, (table, shapes) in files.parts.items()}
     fuse_for_engine(None, modules["head"])
-    spec = {f: getattr(plan, f) for f in C2ISpec.__dataclass_fields__}
-    return C2IModel(**spec, **modules)
+    architecture = {f: getattr(files, f) for f in C2IArchitecture.__dataclass_fields__}
+    return C2IModel(**architecture, **modules)

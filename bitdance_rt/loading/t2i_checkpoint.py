@@ -33,7 +33,7 @@ REQUIRED_FILES = ("config.json", "tokenizer.json", "ae_config.json", "ae.safeten
 
 
 @dataclass
-class T2ISpec:
+class T2IArchitecture:
     """What the configs say about a T2I directory."""
     path: Path
     backbone_config: Qwen3Config
@@ -48,14 +48,14 @@ class T2ISpec:
 
 
 @dataclass
-class T2IPlan(T2ISpec):
-    """The spec plus the checked tensor tables, before any weight is read."""
+class T2IFiles(T2IArchitecture):
+    """The architecture plus the checked tensor tables, before any weight is read."""
     parts: dict[str, tuple[TensorTable, dict]]
 
 
 @dataclass
-class T2IModel(T2ISpec):
-    """The spec plus the loaded reference modules."""
+class T2IModel(T2IArchitecture):
+    """The architecture plus the loaded reference modules."""
     backbone: Qwen3Backbone
     head: DiffusionHead
     projector: TokenProjector
@@ -87,7 +87,7 @@ def head_config_from_json(cfg: dict, source: Path, hidden: int) -> tuple[Diffusi
     return head, parallel
 
 
-def plan_t2i(path: Path, device: torch.device, dtype: torch.dtype) -> T2IPlan:
+def open_t2i_files(path: Path, device: torch.device, dtype: torch.dtype) -> T2IFiles:
     for name in REQUIRED_FILES:
         require_file(path / name, f"{name} of the text-to-image model")
     backbone_cfg = Qwen3Config.from_hf_dict(read_json(path / "config.json", "config.json"), str(path / "config.json"))
@@ -117,20 +117,20 @@ def plan_t2i(path: Path, device: torch.device, dtype: torch.dtype) -> T2IPlan:
     # check every part before reading any weights, so a bad file fails fast
     for name, (table, shapes) in parts.items():
         check_shapes(table, shapes, name)
-    return T2IPlan(path, backbone_cfg, head_cfg, layout, parallel, tokenizer, parts)
+    return T2IFiles(path, backbone_cfg, head_cfg, layout, parallel, tokenizer, parts)
 
 
 def load_t2i(path: Path, device: torch.device, dtype: torch.dtype, quantization: str | None = None
              ) -> T2IModel:
     """The model, its backbone and head linears in ``quantization`` (None, "fp8", "int8": ``quantized_load``)."""
-    plan = plan_t2i(path, device, dtype)
-    factories = {"backbone": lambda: Qwen3Backbone(plan.backbone_config),
-                 "head": lambda: DiffusionHead(plan.head_config),
-                 "decoder": lambda: TokenDecoder(plan.decoder_layout),
-                 "projector": lambda: TokenProjector(plan.head_config.token_channels,
-                                                     plan.backbone_config.hidden_size)}
+    files = open_t2i_files(path, device, dtype)
+    factories = {"backbone": lambda: Qwen3Backbone(files.backbone_config),
+                 "head": lambda: DiffusionHead(files.head_config),
+                 "decoder": lambda: TokenDecoder(files.decoder_layout),
+                 "projector": lambda: TokenProjector(files.head_config.token_channels,
+                                                     files.backbone_config.hidden_size)}
     modules = {name: load_part(factories[name], table, shapes, name, quantization)
-               for name, (table, shapes) in plan.parts.items()}
+               for name, (table, shapes) in files.parts.items()}
     fuse_for_engine(modules["backbone"], modules["head"])
-    spec = {f: getattr(plan, f) for f in T2ISpec.__dataclass_fields__}
-    return T2IModel(**spec, **modules)
+    architecture = {f: getattr(files, f) for f in T2IArchitecture.__dataclass_fields__}
+    return T2IModel(**architecture, **modules)
