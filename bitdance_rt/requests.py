@@ -87,7 +87,7 @@ def check_prompts(prompt, negative_prompt) -> tuple[list[str], list[str | None]]
     return list(prompts), negatives
 
 
-def check_labels(class_labels) -> list[int]:
+def check_labels(class_labels, num_classes: int = NUM_CLASSES) -> list[int]:
     labels = [class_labels] if isinstance(class_labels, numbers.Integral) and not isinstance(class_labels, bool) \
         else class_labels
     if isinstance(labels, torch.Tensor):
@@ -95,8 +95,8 @@ def check_labels(class_labels) -> list[int]:
     if not isinstance(labels, (list, tuple)) or not labels:
         raise InvalidRequestError(f"class_labels must be an int or a non-empty list of ints, got {class_labels!r}.")
     for i, c in enumerate(labels):
-        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c < NUM_CLASSES:
-            raise InvalidRequestError(f"class_labels[{i}] = {c!r} is not an ImageNet class id in 0..{NUM_CLASSES - 1}.")
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c < num_classes:
+            raise InvalidRequestError(f"class_labels[{i}] = {c!r} is not a class id of this model (0..{num_classes - 1}).")
     return [int(c) for c in labels]
 
 

@@ -37,7 +37,7 @@ from .serving.limits import DEFAULT_MAX_BATCH, check_max_batch, parse_memory_bud
 from .serving.request import ImageRequest
 from .serving.request_spec import RequestSpec
 from .serving.scheduler import Scheduler
-from .sizes import C2I_SIZE, check_t2i_size, token_grid
+from .sizes import check_t2i_size, token_grid
 
 __all__ = ["Runtime", "T2I_DEFAULTS", "C2I_STEPS", "C2I_GUIDANCE", "C2I_GUIDANCE_FALLBACK"]
 
@@ -168,11 +168,12 @@ class Runtime:
                 raise InvalidRequestError("this class-conditional model takes class_labels, not prompts.")
             if class_labels is None:
                 raise InvalidRequestError("this class-conditional model needs class_labels (ImageNet ids 0..999).")
-            labels = check_labels(class_labels)
-            height = check_size("height", C2I_SIZE[0] if height is None else height)
-            width = check_size("width", C2I_SIZE[1] if width is None else width)
-            if (height, width) != C2I_SIZE:
-                raise InvalidRequestError(f"class-conditional models make {C2I_SIZE[0]}x{C2I_SIZE[1]} images only, "
+            labels = check_labels(class_labels, self.model.config.num_classes)
+            size = (self.model.config.grid * self.model.decoder_layout.downsample,) * 2  # digits: until the rewrite
+            height = check_size("height", size[0] if height is None else height)
+            width = check_size("width", size[1] if width is None else width)
+            if (height, width) != size:
+                raise InvalidRequestError(f"class-conditional models make {size[0]}x{size[1]} images only, "
                                           f"got {height}x{width}.")
             steps = C2I_STEPS if num_sampling_steps is None else num_sampling_steps
             guidance = self.default_c2i_guidance() if guidance_scale is None else guidance_scale

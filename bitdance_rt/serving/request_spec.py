@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 from ..errors import InvalidRequestError
 from ..outputs import OUTPUT_TYPES
-from ..reference.c2i_backbone import NUM_CLASSES
 from ..requests import C2I_STEPS, T2I_DEFAULTS, check_int, check_size
-from ..sizes import C2I_SIZE, check_t2i_size, token_grid
+from ..sizes import check_t2i_size, token_grid
 from .request import ImageRequest
 
 
@@ -83,14 +82,16 @@ def resolve_request(request: ImageRequest, family: str, model, default_guidance:
         if r.prompt is not None or r.negative_prompt is not None:
             raise InvalidRequestError("this class-conditional model takes a class_label, not a prompt.")
         label = r.class_label
-        if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < NUM_CLASSES:
-            raise InvalidRequestError(f"this class-conditional model needs class_label, an ImageNet class id in "
-                                      f"0..{NUM_CLASSES - 1}; got {label!r}.")
+        num_classes = model.config.num_classes  # digits: until the rewrite
+        if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < num_classes:
+            raise InvalidRequestError(f"this class-conditional model needs class_label, a class id in "
+                                      f"0..{num_classes - 1}; got {label!r}.")
         label = int(label)
-        height = check_size("height", C2I_SIZE[0] if r.height is None else r.height)
-        width = check_size("width", C2I_SIZE[1] if r.width is None else r.width)
-        if (height, width) != C2I_SIZE:
-            raise InvalidRequestError(f"class-conditional models make {C2I_SIZE[0]}x{C2I_SIZE[1]} images only, "
+        size = (model.config.grid * model.decoder_layout.downsample,) * 2  # digits: until the rewrite
+        height = check_size("height", size[0] if r.height is None else r.height)
+        width = check_size("width", size[1] if r.width is None else r.width)
+        if (height, width) != size:
+            raise InvalidRequestError(f"class-conditional models make {size[0]}x{size[1]} images only, "
                                       f"got {height}x{width}.")
         steps = C2I_STEPS if r.num_sampling_steps is None else r.num_sampling_steps
         guidance = default_guidance if r.guidance_scale is None else r.guidance_scale
