@@ -1,4 +1,5 @@
-"""Install with ``pip install -e .`` (add ``[test]`` for the test suite, ``[hub]`` for ``bitdance-rt download``).
+"""Install with ``pip install -e .`` (add ``[test]`` for the test suite, ``[hub]`` for ``bitdance-rt download``,
+``[train]`` for ``tools/train_digits.py``).
 
 The Triton kernels live in ``kernels/`` at the repository root and ship as ``bitdance_rt.kernels`` (a top-level
 ``kernels`` module would clash with an existing PyPI package of that name).
@@ -40,7 +41,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["bitdance_rt", "bitdance_rt.*"]) + ["bitdance_rt.kernels"],
     package_dir={"bitdance_rt": "bitdance_rt", "bitdance_rt.kernels": "kernels"},
-    package_data={"bitdance_rt.serving": ["web/*.html"]},
+    package_data={"bitdance_rt.serving": ["web/*.html"],
+                  "bitdance_rt": ["assets/digits/*.pt", "assets/digits/*.json"]},
     install_requires=[
         "torch>=2.4",
         "triton>=3.0; platform_system == 'Linux'",
@@ -51,7 +53,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "transformers>=4.51"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "transformers>=4.51", "scikit-learn>=1.0"],
+        "train": ["scikit-learn>=1.0"],
         "hub": ["huggingface_hub>=0.23"],
         "flash": ["flash-attn>=2.6"],
     },
