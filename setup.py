@@ -1,6 +1,7 @@
 """Install with ``pip install -e .`` (add ``[serve]`` for ``bitdance-rt serve``, ``[diffusers]`` for
 ``bitdance_rt.BitDancePipeline``, ``[gradio]`` for ``bitdance-rt gradio``, ``[hub]`` for ``bitdance-rt download``,
-``[test]`` for the test suite). The core install stays lean: the runtime imports without any extra.
+``[train]`` for ``tools/train_digits.py``, ``[test]`` for the test suite). The core install stays lean: the runtime
+imports without any extra.
 
 The Triton kernels live in ``kernels/`` at the repository root and ship as ``bitdance_rt.kernels`` (a top-level
 ``kernels`` module would clash with an existing PyPI package of that name).
@@ -45,7 +46,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["bitdance_rt", "bitdance_rt.*"]) + ["bitdance_rt.kernels"],
     package_dir={"bitdance_rt": "bitdance_rt", "bitdance_rt.kernels": "kernels"},
-    package_data={"bitdance_rt.http": ["web/*.html"]},
+    package_data={"bitdance_rt.http": ["web/*.html"],
+                  "bitdance_rt": ["assets/digits/*.pt", "assets/digits/*.json"]},
     install_requires=[
         "torch>=2.4",
         "triton>=3.0; platform_system == 'Linux'",
@@ -59,9 +61,11 @@ setup(
         "serve": SERVE,
         "diffusers": ["diffusers>=0.30"],
         "gradio": ["gradio>=5.0"],
-        # the HTTP tests need the server and the official OpenAI client; the front ends' tests diffusers and Gradio
+        "train": ["scikit-learn>=1.0"],
+        # the HTTP tests need the server and the official OpenAI client; the front ends' tests diffusers and Gradio;
+        # the digits quality gate scikit-learn
         "test": ["pytest>=7", "pytest-benchmark>=4", "transformers>=4.51", "openai>=2.0", *SERVE, "diffusers>=0.30",
-                 "gradio>=5.0", "gradio_client>=1.0"],
+                 "gradio>=5.0", "gradio_client>=1.0", "scikit-learn>=1.0"],
         "hub": ["huggingface_hub>=0.23"],
         "flash": ["flash-attn>=2.6"],
     },

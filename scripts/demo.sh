@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Quick start, step 1: install, write a tiny random-weight text-to-image model and generate a PNG on the CPU.
+# Quick start, step 1: install, then generate a grid of digits 0-9 on the CPU with the small trained model shipped in
+# the package (demo_output/demo.png). `bash scripts/demo.sh --tiny-random` runs the old random-weight demo instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh

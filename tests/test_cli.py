@@ -109,7 +109,7 @@ def test_error_exits_2_with_one_line(argv: list[str], part: str, t2i64_dir: Path
 
 def test_demo(tmp_path: Path, capsys):
     out_dir = tmp_path / "demo"
-    assert main(["demo", "--steps", "1", "--out", str(out_dir)]) == 0
+    assert main(["demo", "--tiny-random", "--steps", "1", "--out", str(out_dir)]) == 0
     stdout = capsys.readouterr().out
     image_path = out_dir / "demo.png"
     assert str(image_path.resolve()) in stdout

@@ -1,0 +1,1 @@
+"""Quality gates: measured figures of generated images from trained models (``digits_gate``)."""
