@@ -40,7 +40,7 @@ def _digits(a: argparse.Namespace, out_dir: Path) -> int:
 
     from ..digits.assets import load_record, load_runtime
     from ..digits.grid import image_grid
-    from ..requests import check_int
+    from ..request import check_int
 
     samples = check_int("--samples", a.samples, 1)
     torch.set_num_threads(check_int("--threads", a.threads, 1))
