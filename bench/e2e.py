@@ -472,10 +472,13 @@ def requests_for(family: Family, args: argparse.Namespace) -> list[Request]:
 
 
 def run_model(name: str, model, args: argparse.Namespace, device: torch.device,
-              dtype: torch.dtype, rates: dict, roles: model_shapes.ParameterRoles) -> list[dict]:
+              dtype: torch.dtype, rates: dict, roles: model_shapes.ParameterRoles | None = None) -> list[dict]:
     """Every batch size of one model on every backend: runs, floors and targets, printed and returned. ``roles``:
-    the parameters by role, counted before quantizing (a quantized linear has no parameters)."""
+    the parameters by role, counted before quantizing (a quantized linear has no parameters; default: counted
+    now)."""
     family = family_of(model)
+    if roles is None:
+        roles = model_shapes.parameter_roles(model_shapes.model_parts(model))
     element_bytes = 1 if args.quantization else torch.finfo(dtype).bits // 8
     runs = []
     args.current_model = name

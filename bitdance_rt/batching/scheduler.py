@@ -280,22 +280,23 @@ class Scheduler:
             ended.extend(self._outputs(finishing))
         return self._settle(progress, ended)
 
+    def _output_alone(self, t: Ticket, t1: float):
+        try:
+            return t, "done", self._result(t, *self.runner.outputs([(t.handle.id, t.spec)])[0], t1), None
+        except Exception as e:
+            return t, "failed", None, e
+
     def _outputs(self, finishing: list[Ticket]) -> list[tuple[Ticket, str, GenerationOutput | None,
                                                             BaseException | None]]:
-        """The results of the requests that finished this round, decoded together (``ModelRunner.outputs``: one
-        decoder pass per image size); if that fails, each is tried alone so that one bad request fails alone."""
+        """The results of the requests that finished this round. With ``batch_invariant`` each is decoded on its own
+        (a decoder pass's arithmetic may depend on its batch size, and an image must not depend on its neighbours);
+        otherwise together (``ModelRunner.outputs``: one decoder pass per image size), and if that fails each alone,
+        so that one bad request fails alone."""
         t1 = time.perf_counter()
-        try:
-            made = self.runner.outputs([(t.handle.id, t.spec) for t in finishing])
+        try:  # with batch_invariant, one decoder pass per request: its images never depend on what finished with it
+            made = self.runner.outputs([(t.handle.id, t.spec) for t in finishing], together=not self.batch_invariant)
         except Exception:
-            ended = []
-            for t in finishing:
-                try:
-                    ended.append((t, "done", self._result(t, *self.runner.outputs([(t.handle.id, t.spec)])[0], t1),
-                                  None))
-                except Exception as e:
-                    ended.append((t, "failed", None, e))
-            return ended
+            return [self._output_alone(t, t1) for t in finishing]
         return [(t, "done", self._result(t, images, tokens, t1), None) for t, (images, tokens) in zip(finishing, made)]
 
     @staticmethod

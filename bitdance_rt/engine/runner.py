@@ -234,7 +234,7 @@ class ModelRunner:
         its state is dropped."""
         return self.outputs([(request_id, spec)])[0]
 
-    def outputs(self, finished: list[tuple[str, object]]) -> list[tuple[object, torch.Tensor]]:
+    def outputs(self, finished: list[tuple[str, object]], together: bool = True) -> list[tuple[object, torch.Tensor]]:
         """``output`` for requests that finished together: per batch one gather of their tokens and one copy to
         the host; per image size one decoder pass over all their images (GAN decoders draw each request's noise
         map from its own seed, one draw per request) and one conversion to pixels. Their state is dropped."""
@@ -256,19 +256,20 @@ class ModelRunner:
                 if spec.output_type != "tokens":
                     decoding.append((i, start, n))
                 start += n
-            self._decode_together(gathered, [(finished[i][1], s, n, results[i]) for i, s, n in decoding])
+            self._decode_together(gathered, [(finished[i][1], s, n, results[i]) for i, s, n in decoding], together)
         for rid, _ in finished:
             self._tokens.pop(rid, None)
         return [tuple(r) for r in results]
 
-    def _decode_together(self, tokens: torch.Tensor, parts: list) -> None:
+    def _decode_together(self, tokens: torch.Tensor, parts: list, together: bool = True) -> None:
         """Decode ``parts`` (spec, first row of ``tokens``, images, result to fill) of one batch (one size): one
-        decoder pass over all their images (chunked when their maps would exceed ``memory.DECODE_PASS_BYTES``),
-        one conversion to pixels for the PIL/NumPy ones."""
+        decoder pass over all their images (chunked when their maps would exceed ``memory.DECODE_PASS_BYTES``), or
+        with ``together=False`` one pass per request (its images then never depend on what finished with it: a
+        decoder pass's arithmetic may depend on its batch size); one conversion to pixels for the PIL/NumPy ones."""
         if not parts:
             return
         spec0 = parts[0][0]
-        if self.family.model.decoder_layout.gan_decoder:
+        if self.family.model.decoder_layout.gan_decoder or not together:
             images = torch.cat([self.family.decode(tokens[s:s + n], spec.grid, None if spec.seed is None else
                                                    torch.Generator(device=self.device).manual_seed(spec.seed))
                                 for spec, s, n, _ in parts])

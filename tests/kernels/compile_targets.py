@@ -152,6 +152,22 @@ def _gated_residual(dtype: torch.dtype) -> None:
     gated_residual(x, _empty(T2I_HEAD_TOKENS, width, dtype=dtype), mod[:, 2 * width:3 * width], out=x)
 
 
+def _time_condition(dtype: torch.dtype) -> None:
+    from bitdance_rt.kernels.time_condition import time_condition
+    time_condition(_empty(T2I_HEAD_TOKENS, 1536, dtype=dtype), _empty(1536, dtype=dtype))
+
+
+def _sigmoid_output(dtype: torch.dtype) -> None:
+    from bitdance_rt.kernels.sigmoid_output import sigmoid_output
+    sigmoid_output(_empty(T2I_HEAD_TOKENS, 32, dtype=dtype))
+
+
+def _group_norm_silu(dtype: torch.dtype) -> None:
+    from bitdance_rt.kernels.group_norm_silu import group_norm_silu
+    group_norm_silu(_empty(2, 128, 64, 64, dtype=dtype), _empty(128, dtype=dtype), _empty(128, dtype=dtype), 32,
+                    1e-6)
+
+
 def _swiglu(dtype: torch.dtype) -> None:
     from bitdance_rt.kernels.swiglu import swiglu
     swiglu(_empty(T2I_HEAD_TOKENS, 2 * T2I_HEAD_SWIGLU, dtype=dtype))
@@ -276,6 +292,9 @@ VARIANTS: tuple[Variant, ...] = (
             ("_layernorm_modulate_kernel",)),
     *_both_dtypes("gated_residual/5120", _gated_residual, ("_gated_residual_kernel",)),
     *_both_dtypes("swiglu/7680", _swiglu, ("_swiglu_kernel",)),
+    *_both_dtypes("time_condition/1536", _time_condition, ("_time_condition_kernel",)),
+    *_both_dtypes("sigmoid_output/32", _sigmoid_output, ("_sigmoid_output_kernel",)),
+    *_both_dtypes("group_norm_silu/128x64x64", _group_norm_silu, ("_group_norm_silu_kernel",)),
     *_both_dtypes("patch_attention/D128-P64", lambda dtype: _patch_attention(dtype, 128),
                   ("_patch_attention_kernel",)),
     Variant("patch_attention/D64-P16/bf16", lambda: _patch_attention(torch.bfloat16, 64),
