@@ -18,7 +18,7 @@ MAX_TOTAL_BYTES = 20 * 2 ** 20
 def test_loader_reads_the_sizes_from_the_files(rt_digits, digits_record):
     m, cfg = rt_digits.model, rt_digits.model.config
     recorded = digits_record["model"]
-    assert rt_digits.family == "c2i" and rt_digits.parallel == recorded["tokens_per_step"] == 4
+    assert rt_digits.family.key == "c2i" and rt_digits.parallel == recorded["tokens_per_step"] == 4
     assert (cfg.num_classes, cfg.null_class, cfg.class_tokens) == (10, 10, recorded["class_tokens"])
     assert cfg.grid == recorded["token_grid"] == 4
     assert (cfg.dim, cfg.num_layers) == (recorded["dim"], recorded["layers"])
