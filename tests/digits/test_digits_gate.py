@@ -66,3 +66,15 @@ def test_triton_engine_full_gate_stays_within_two_points(rt_digits_triton, digit
     figures = gate(rt_digits_triton, digits_record, "generate")
     assert figures["backend"] == "triton"
     assert abs(figures["accuracy"] - reference_figures["accuracy"]) <= ENGINE_TOLERANCE + 1e-9
+
+
+@pytest.mark.parametrize("quantization", ["int8", "fp8"])
+def test_quantized_weights_stay_within_two_points(quantization, digits_record, reference_figures):
+    """8-bit weights (the reference backend's quantized math, the oracle of the quantized engine) on the same labels,
+    seeds and settings: the accuracy stays within 2 points of the float reference's."""
+    from bitdance_rt.digits import load_runtime
+
+    rt = load_runtime(dtype=torch.float32, backend="reference", quantization=quantization)
+    figures = gate(rt, digits_record, "generate")
+    assert figures["num_images"] == reference_figures["num_images"]
+    assert abs(figures["accuracy"] - reference_figures["accuracy"]) <= ENGINE_TOLERANCE + 1e-9, figures
