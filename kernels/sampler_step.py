@@ -42,15 +42,14 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg_ptr, row_size, GUIDED: tl.constexpr,
-                       CFG_PER_ROW: tl.constexpr):
-    """Velocity of the conditional rows ``pred[offs]`` (guided with the unconditional rows ``pred[n + offs]``; the
-    scale, ``cfg[0]`` or ``cfg[row]`` with ``row = offs // row_size``, is read on the device)."""
+def guided_velocity_from(pred, pred_u, offs, mask, x, one_minus_t, cfg_ptr, row_size, GUIDED: tl.constexpr,
+                         CFG_PER_ROW: tl.constexpr):
+    """Velocity of the conditional predictions ``pred`` (float32 values at the sample elements ``offs``), guided
+    with the unconditional ones ``pred_u`` (ignored unless GUIDED; the scale, ``cfg[0]`` or ``cfg[row]`` with
+    ``row = offs // row_size``, is read on the device)."""
     denom = tl.maximum(one_minus_t, MIN_DENOM)
-    pred = tl.load(pred_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     v = tl.math.div_rn(pred - x, denom)
     if GUIDED:
-        pred_u = tl.load(pred_ptr + n + offs, mask=mask, other=0.0).to(tl.float32)
         v_u = tl.math.div_rn(pred_u - x, denom)
         if CFG_PER_ROW:
             scale = tl.load(cfg_ptr + offs // row_size, mask=mask, other=0.0)
@@ -58,6 +57,29 @@ def guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg_ptr, row_siz
             scale = tl.load(cfg_ptr)
         v = v_u + scale * (v - v_u)
     return v
+
+
+@triton.jit
+def guided_velocity_of(pred_ptr, offs, mask, x, one_minus_t, n, cfg_ptr, row_size, GUIDED: tl.constexpr,
+                       CFG_PER_ROW: tl.constexpr):
+    """Velocity of the conditional rows ``pred[offs]`` (guided with the unconditional rows ``pred[n + offs]``; the
+    scale, ``cfg[0]`` or ``cfg[row]`` with ``row = offs // row_size``, is read on the device)."""
+    pred = tl.load(pred_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    pred_u = pred
+    if GUIDED:
+        pred_u = tl.load(pred_ptr + n + offs, mask=mask, other=0.0).to(tl.float32)
+    return guided_velocity_from(pred, pred_u, offs, mask, x, one_minus_t, cfg_ptr, row_size, GUIDED, CFG_PER_ROW)
+
+
+@triton.jit
+def euler_maruyama_of(x, v, t, dt, noise):
+    """One SDE step of the sample x with velocity v at time t (float32, the reference's op order)."""
+    sigma = 1.0 - t
+    var = sigma * sigma - (t * -1.0) * sigma
+    score = tl.math.div_rn(t * v - x, var)
+    drift = v + sigma * score
+    noise_scale = tl.sqrt_rn(2.0 * sigma * dt)
+    return x + drift * dt + noise_scale * noise
 
 
 @triton.jit(do_not_specialize=["step"])
@@ -69,13 +91,8 @@ def _sampler_step_kernel(pred_ptr, x_ptr, noise_ptr, times_ptr, running_ptr, out
     dt = tl.load(times_ptr + step + 1) - tl.load(times_ptr + step)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     noise = tl.load(noise_ptr + offs, mask=mask, other=0.0)
-    sigma = 1.0 - t
-    v = guided_velocity_of(pred_ptr, offs, mask, x, sigma, n, cfg_ptr, row_size, GUIDED, CFG_PER_ROW)
-    var = sigma * sigma - (t * -1.0) * sigma
-    score = tl.math.div_rn(t * v - x, var)
-    drift = v + sigma * score
-    noise_scale = tl.sqrt_rn(2.0 * sigma * dt)
-    tl.store(out_ptr + offs, x + drift * dt + noise_scale * noise, mask=mask)
+    v = guided_velocity_of(pred_ptr, offs, mask, x, 1.0 - t, n, cfg_ptr, row_size, GUIDED, CFG_PER_ROW)
+    tl.store(out_ptr + offs, euler_maruyama_of(x, v, t, dt, noise), mask=mask)
 
 
 @triton.jit
