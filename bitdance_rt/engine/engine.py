@@ -26,7 +26,8 @@ from .static_cache import StaticKVCache
 # the operations an AR step (backbone decode and head loop) calls, all captured into its CUDA graphs
 STEP_OPS = ("block_attention_decode", "qk_norm_rope_append", "rope_append_interleaved", "rmsnorm_residual", "swiglu",
             "layernorm_modulate", "gated_residual", "patch_attention", "sampler_step_keyed", "keyed_noise",
-            "sampler_final", "time_condition", "sigmoid_output")
+            "sampler_final", "time_condition", "sigmoid_output", "input_projection", "final_layer",
+            "final_layer_step")
 
 
 class Engine:

@@ -6,15 +6,28 @@ Work hoisted out of the loop:
 - per AR step: ``cond_embed(c)`` (once, not once per sampling step);
 - per model: all adaLN linears of the head and the final layer's modulation stacked into one matrix, so one GEMM
   per sampling step makes every block's scale/shift/gate.
-Per sampling step: the condition ``silu(cond_embed + time_embed)`` in one kernel (``time_condition``),
-``input_proj`` of the conditional half only (both halves see the same x), the blocks through
-``layernorm_modulate`` / ``patch_attention`` / ``gated_residual`` / ``swiglu`` with ``linear.linear`` for the GEMMs
-(F.linear, or the ``quantized_linear`` operation for 8-bit weights), the final layer (``2·sigmoid − 1`` in one
-kernel, ``sigmoid_output``, for sigmoid-output models), then ``sampler_step`` (velocity, guidance, score, drift,
-noise) in one kernel; the last step is
-``sampler_final`` (Euler step and sign). Shapes: conditioning ``[rows, P, C_cond]``, noise ``[N + 1, rows/m, P, C]``.
-``sample_keyed`` is the same loop with the noise drawn from per-row Philox keys (``sampler_step_keyed``: in the
-CUDA kernel's registers on the "cuda" chain), so no noise tensor is staged.
+Per sampling step (``sampling_step``): the condition ``silu(cond_embed + time_embed)`` in one kernel
+(``time_condition``); ``input_projection``: the float32 sample cast, projected C -> D and stored once per guidance
+half, in one kernel (both halves see the same x); the adaLN GEMM; the blocks through ``layernorm_modulate`` /
+``patch_attention`` / ``gated_residual`` / ``swiglu`` with ``linear.linear`` for the GEMMs (F.linear, or the
+``quantized_linear`` operation for 8-bit weights); then ``final_layer_step``: the final layer (affine-free
+LayerNorm, modulation, linear D -> C, ``2·sigmoid − 1`` for sigmoid-output models) for the conditional and
+unconditional rows of every patch element and the sampler step (velocity, guidance, score, drift, noise) in one
+kernel that writes the new sample. The last step is ``final_layer`` (one kernel, the prediction) then
+``sampler_final`` (Euler step and sign). Shapes: conditioning ``[rows, P, C_cond]``, noise ``[N + 1, rows/m, P,
+C]``. An 8-bit ``input_proj`` or ``final_layer.linear`` (``bitdance_rt.quantization`` never makes one: it keeps
+the projections to and from the token channels float) falls back to the separate operations (GEMM and ``repeat``;
+``layernorm_modulate``, the GEMM, ``sigmoid_output``, ``sampler_step``).
+
+``sample_keyed`` is the same loop with the noise drawn from per-row Philox keys (``engine/request_noise.py``). It
+draws each step's noise with ``keyed_noise`` into a ``[rows/m, P, C]`` float32 tensor and runs the fused
+``final_layer_step``, rather than keeping the old chain (final layer ops, then ``sampler_step_keyed``, whose CUDA
+kernel draws the noise in registers): on the Triton chain ``sampler_step_keyed`` already draws that noise with
+torch before its kernel, so the fused path has the same draw and drops the final layer's separate launches; on the
+"cuda" chain ``keyed_noise`` is the CUDA extension's kernel (the same Philox normals as the in-register draw,
+``csrc/philox.cuh``), and its one launch plus the fused kernel replace three or four (LayerNorm-modulate, GEMM,
+sigmoid, keyed step), for one extra write and read of a tensor the size of the sample (at most 0.5 MiB at
+class-conditional batch 256), which costs less than the launches it saves.
 """
 
 from __future__ import annotations
@@ -51,17 +64,24 @@ class FusedHead:
         self.adaln_weight, self.adaln_bias = head.adaln_weight, head.adaln_bias  # fused at load
         # every other GEMM's (weight, bias), float or 8-bit (``linear.linear`` takes either), read once
         self.cond_embed = weight_and_bias(head.cond_embed)
+        # the projections to and from the token channels: float for every model bitdance_rt.quantization makes (it
+        # excludes them); the fused operations take float weights only, an 8-bit one runs the separate operations
+        self.input_proj = weight_and_bias(head.input_proj)
+        self.final_linear = weight_and_bias(head.final_layer.linear)
+        self.fused_input = isinstance(self.input_proj[0], torch.Tensor)
+        self.fused_final = isinstance(self.final_linear[0], torch.Tensor)
+        self.dtype = head.time_embed.mlp[0].weight.dtype  # the model's float dtype (time_embed stays float)
         self.block_linears = [{name: weight_and_bias(m) for name, m in blk.named_modules() if name in BLOCK_LINEARS}
                               for blk in head.res_blocks]
         self._times: dict[int, StepTimes] = {}
 
     def step_times(self, num_steps: int) -> StepTimes:
         if num_steps not in self._times:
-            w = self.head.final_layer.linear.weight
-            times = step_times(num_steps, self.cfg.time_shift, w.device)
+            device = self.head.time_embed.mlp[0].weight.device
+            times = step_times(num_steps, self.cfg.time_shift, device)
             running = running_times(times)
-            all_t = torch.cat([running, torch.full((1,), 1 - LAST_STEP_SIZE, device=w.device)])
-            self._times[num_steps] = StepTimes(times, running, self.head.time_embed(all_t).to(w.dtype))
+            all_t = torch.cat([running, torch.full((1,), 1 - LAST_STEP_SIZE, device=device)])
+            self._times[num_steps] = StepTimes(times, running, self.head.time_embed(all_t).to(self.dtype))
         return self._times[num_steps]
 
     def modulations(self, y: torch.Tensor) -> tuple[list[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
@@ -74,14 +94,18 @@ class FusedHead:
         base = self.cfg.num_adaln * per
         return blocks, (mods[:, base:base + d], mods[:, base + d:base + 2 * d])
 
-    def forward(self, x_half: torch.Tensor, y: torch.Tensor, mult: int) -> torch.Tensor:
-        """The head's prediction for ``cat([x_half]*mult)``: x_half ``[B, P, C]`` float32, y ``[mult·B·P, D]``."""
+    def trunk(self, x_half: torch.Tensor, y: torch.Tensor, mult: int
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Input projection, the adaLN GEMM and the blocks for ``cat([x_half]*mult)``: the last block's output
+        ``[mult·B·P, D]`` and the final layer's (scale, shift). x_half ``[B, P, C]`` float32, y ``[mult·B·P, D]``."""
         head, cfg = self.head, self.cfg
         b, p, _ = x_half.shape
-        dtype = head.input_proj.weight.dtype
-        x = head.input_proj(x_half.to(dtype)).reshape(b * p, cfg.width)
-        x = x.repeat(mult, 1) if mult > 1 else x.contiguous()
-        block_mods, (f_scale, f_shift) = self.modulations(y)
+        if self.fused_input:
+            x = self.ops.input_projection(x_half, *self.input_proj, mult)
+        else:  # an 8-bit input_proj (not made by bitdance_rt.quantization, which keeps it float)
+            x = linear(self.ops, x_half.to(self.dtype), *self.input_proj).reshape(b * p, cfg.width)
+            x = x.repeat(mult, 1) if mult > 1 else x.contiguous()
+        block_mods, final_mods = self.modulations(y)
         for i, blk in enumerate(head.res_blocks):
             mod = block_mods[i // cfg.adaln_every]
             lin = self.block_linears[i]
@@ -92,9 +116,43 @@ class FusedHead:
                 h = self.ops.layernorm_modulate(x, scale, shift, blk.norm.weight, blk.norm.bias, LN_EPS)
                 h = self._linear(self.ops.swiglu(self._linear(h, lin["w1"])), lin["w2"])
                 x = self.ops.gated_residual(x, h, gate, out=x)
+        return x, final_mods
+
+    def forward(self, x_half: torch.Tensor, y: torch.Tensor, mult: int) -> torch.Tensor:
+        """The head's prediction ``[mult·B, P, C]`` for ``cat([x_half]*mult)``: x_half ``[B, P, C]`` float32,
+        y ``[mult·B·P, D]``."""
+        x, (f_scale, f_shift) = self.trunk(x_half, y, mult)
+        b, p, c = x_half.shape
+        if self.fused_final:
+            pred = self.ops.final_layer(x, f_scale, f_shift, *self.final_linear, LN_EPS, self.cfg.sigmoid_output)
+            return pred.reshape(mult * b, p, c)
+        return self._unfused_final_layer(x, f_scale, f_shift).reshape(mult * b, p, c)
+
+    def sampling_step(self, x_half: torch.Tensor, y: torch.Tensor, times: StepTimes, i: int,
+                      cfg_scale: float | torch.Tensor, guided: bool, noise: torch.Tensor | None = None,
+                      keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Sampling step i (of ``N``) in place on the sample ``x_half [B, P, C]`` float32: the head's pass and the
+        Euler–Maruyama step, with ``noise [B, P, C]`` or the noise of sample ``i + 1`` of ``keys`` (one of them)."""
+        mult = 2 if guided else 1
+        x, (f_scale, f_shift) = self.trunk(x_half, y, mult)
+        if self.fused_final:
+            if noise is None:
+                noise = self.ops.keyed_noise(*keys, i + 1, x_half.shape[1], x_half.shape[2])
+            return self.ops.final_layer_step(x, f_scale, f_shift, *self.final_linear, LN_EPS,
+                                             self.cfg.sigmoid_output, x_half, noise, times.times, times.running, i,
+                                             cfg_scale, guided, out=x_half)
+        pred = self._unfused_final_layer(x, f_scale, f_shift).reshape(mult * x_half.shape[0], *x_half.shape[1:])
+        if noise is None:
+            return self.ops.sampler_step_keyed(pred, x_half, times.times, times.running, i, cfg_scale, guided,
+                                               *keys, out=x_half)
+        return self.ops.sampler_step(pred, x_half, noise, times.times, times.running, i, cfg_scale, guided,
+                                     out=x_half)
+
+    def _unfused_final_layer(self, x: torch.Tensor, f_scale: torch.Tensor, f_shift: torch.Tensor) -> torch.Tensor:
+        """The final layer as separate operations (for an 8-bit final linear): ``[rows, D] -> [rows, C]``."""
         h = self.ops.layernorm_modulate(x, f_scale, f_shift, None, None, LN_EPS)
-        out = head.final_layer.linear(h).reshape(mult * b, p, cfg.token_channels)
-        return self.ops.sigmoid_output(out, out=out) if cfg.sigmoid_output else out
+        out = linear(self.ops, h, *self.final_linear)
+        return self.ops.sigmoid_output(out, out=out) if self.cfg.sigmoid_output else out
 
     def _linear(self, x: torch.Tensor, weight_bias) -> torch.Tensor:
         return linear(self.ops, x, *weight_bias)
@@ -118,34 +176,28 @@ class FusedHead:
         """Tokens ``[rows, P, C]`` (sign of the final sample, both halves equal when guided) for conditioning
         ``cond [rows, P, C_cond]`` and noise ``[N + 1, rows/m, P, C]`` (entry 0: the start sample). ``cfg_scale``:
         a float, or a float32 device tensor of one scale or one per conditional row ``[rows/m]``."""
-        def step(pred: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
-            return self.ops.sampler_step(pred, x, noise[i + 1], times.times, times.running, i, cfg_scale, guided,
-                                         out=x)
-        return self._loop(cond, noise[0].clone(), step, cfg_scale, guided, times)
+        return self._loop(cond, noise[0].clone(), cfg_scale, guided, times, noise=noise)
 
     def sample_keyed(self, cond: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                      cfg_scale: float | torch.Tensor, guided: bool, times: StepTimes) -> torch.Tensor:
         """As ``sample``, with the noise drawn in the loop from ``keys = (seeds int64, ar_steps int32,
         rows_in_request int32)``, one entry per conditional row (``engine/request_noise.py``)."""
         p, channels = cond.shape[1], self.cfg.token_channels
+        return self._loop(cond, self.ops.keyed_noise(*keys, 0, p, channels), cfg_scale, guided, times, keys=keys)
 
-        def step(pred: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
-            return self.ops.sampler_step_keyed(pred, x, times.times, times.running, i, cfg_scale, guided, *keys,
-                                               out=x)
-        return self._loop(cond, self.ops.keyed_noise(*keys, 0, p, channels), step, cfg_scale, guided, times)
-
-    def _loop(self, cond: torch.Tensor, x: torch.Tensor, step, cfg_scale: float | torch.Tensor, guided: bool,
-              times: StepTimes) -> torch.Tensor:
-        """The sampling loop from the start sample ``x [rows/m, P, C]``; ``step(pred, x, i)`` is sampling step i."""
+    def _loop(self, cond: torch.Tensor, x: torch.Tensor, cfg_scale: float | torch.Tensor, guided: bool,
+              times: StepTimes, noise: torch.Tensor | None = None,
+              keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The sampling loop from the start sample ``x [rows/m, P, C]``, with ``noise`` (entry i + 1 for step i) or
+        ``keys`` (``sampling_step``)."""
         mult = 2 if guided else 1
         rows, p, _ = cond.shape
-        dtype = self.head.input_proj.weight.dtype
-        c_emb = linear(self.ops, cond.to(dtype), *self.cond_embed).reshape(rows * p, self.cfg.width)
+        c_emb = linear(self.ops, cond.to(self.dtype), *self.cond_embed).reshape(rows * p, self.cfg.width)
         num_steps = times.times.shape[0] - 1
         y = torch.empty_like(c_emb)
         for i in range(num_steps):
             self.ops.time_condition(c_emb, times.embeddings[i], out=y)
-            x = step(self.forward(x, y, mult), x, i)
+            x = self.sampling_step(x, y, times, i, cfg_scale, guided, None if noise is None else noise[i + 1], keys)
         self.ops.time_condition(c_emb, times.embeddings[num_steps], out=y)
         pred = self.forward(x, y, mult)
         return self.ops.sampler_final(pred, x, cfg_scale, guided).tokens

@@ -10,8 +10,9 @@ import torch
 from .sampler_contract import FinalTokens  # plain torch: no Triton import
 from ..reference.decoder_ops import group_norm_silu_ref
 from ..reference.attention import decode_allowed, masked_attention, prefill_allowed
-from ..reference.head_ops import (gated_residual_ref, layernorm_modulate_ref, patch_attention_ref, sigmoid_output_ref,
-                                  swiglu_ref, time_condition_ref)
+from ..reference.head_ops import (final_layer_ref, final_layer_step_ref, gated_residual_ref, input_projection_ref,
+                                  layernorm_modulate_ref, patch_attention_ref, sigmoid_output_ref, swiglu_ref,
+                                  time_condition_ref)
 from ..reference.philox_noise import keyed_normal
 from ..reference.pre_attention import (qk_norm_rope_append_reference, rmsnorm_residual_reference,
                                        rope_append_interleaved_reference)
@@ -81,6 +82,21 @@ def time_condition(cond, time, out=None):
 
 def sigmoid_output(x, out=None):
     return _into(out, sigmoid_output_ref(x))
+
+
+def input_projection(x_half, weight, bias, mult, out=None):
+    return _into(out, input_projection_ref(x_half, weight, bias, mult))
+
+
+def final_layer(x, scale, shift, weight, bias, eps, sigmoid, out=None):
+    return _into(out, final_layer_ref(x, scale, shift, weight, bias, eps, sigmoid))
+
+
+def final_layer_step(x, scale, shift, weight, bias, eps, sigmoid, sample, noise, times, running, step, cfg, guided,
+                     out=None):
+    t, dt = running[step], times[step + 1] - times[step]
+    return _into(out, final_layer_step_ref(x, scale, shift, weight, bias, eps, sigmoid, sample, noise, t, dt,
+                                           _cfg(cfg), guided))
 
 
 def group_norm_silu(x, weight, bias, groups, eps, out=None):

@@ -1,10 +1,21 @@
-"""Kernel launches of one pass of the head (``FusedHead``: the step's condition and one forward) on the Triton
-operations, counted on the CPU: every engine operation called is one launch (its own aten calls are not counted
-again), every other dispatched aten operation that is neither a view nor an allocation is one more (a GEMM, a
-repeat, an elementwise op PyTorch launches). The pass must have no PyTorch elementwise op left between the
-GEMMs: the condition (add + SiLU) is ``time_condition``, the output map (sigmoid, multiply, subtract) is
-``sigmoid_output``. Before these fusions a pass had 1 more launch (add + SiLU), 3 more with a sigmoid output
-(sigmoid, multiply, subtract): tiny class-conditional P=16 guided 27 -> 26, tiny text-to-image P=64 guided 30 -> 27."""
+"""Kernel launches of one sampling step of the head (``FusedHead``: the step's condition and ``sampling_step``,
+i.e. the head's pass and the sampler step) on the Triton operations, counted on the CPU: every engine operation
+called is one launch (its own aten calls are not counted again), every other dispatched aten operation that is
+neither a view nor an allocation is one more (a GEMM, a repeat, an elementwise op PyTorch launches). The pass must
+have no PyTorch elementwise op left between the GEMMs: the condition (add + SiLU) is ``time_condition``; the
+input projection with its guided repeat is ``input_projection``; the final layer (LayerNorm-modulate, linear,
+``2·sigmoid − 1``) and the sampler step are ``final_layer_step``.
+
+Per step, with depth blocks of k launches each (k = 10 TransBlock, 5 ResBlock), m = 2 guided, s = 1 for a
+sigmoid-output model:
+- before (``fused=False``: the separate operations, still the fallback for an 8-bit input_proj / final linear):
+  1 condition + 1 input GEMM + (m > 1) repeat + 1 adaLN GEMM + k·depth + 2 (final LayerNorm-modulate, linear)
+  + s (``sigmoid_output``) + 1 (``sampler_step``);
+- after (``fused=True``): 1 + 1 (``input_projection``) + 1 + k·depth + 1 (``final_layer_step``): 2 + (m > 1) + s
+  fewer.
+Measured here (tiny models): class-conditional P=16 guided 27 -> 24, unguided 26 -> 24; text-to-image P=64
+(sigmoid output) guided 28 -> 24, unguided 27 -> 24. (Earlier fusions: before ``time_condition`` and
+``sigmoid_output`` a pass had 1 more launch, 3 more with a sigmoid output.)"""
 
 from __future__ import annotations
 
@@ -33,7 +44,7 @@ class LaunchCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_head_pass(head, c_emb, x, times, mult) -> Counter:
+def count_head_pass(head, c_emb, x, times, guided) -> Counter:
     counter = LaunchCounter()
     ops = head.ops
     originals = {name: getattr(ops, name) for name in OP_NAMES if hasattr(ops, name)}
@@ -51,34 +62,50 @@ def count_head_pass(head, c_emb, x, times, mult) -> Counter:
         setattr(ops, name, wrap(name, fn))
     try:
         y = torch.empty_like(c_emb)
+        noise = torch.randn_like(x)
         with counter:
             ops.time_condition(c_emb, times.embeddings[0], out=y)
-            head.forward(x, y, mult)
+            head.sampling_step(x, y, times, 0, 4.0, guided, noise)
     finally:
         for name in originals:
             delattr(ops, name)
     return counter.launches
 
 
-@pytest.mark.parametrize("guided", [True, False])
-def test_head_pass_launches(c2i16_files, guided):
-    model, tokenizer = c2i16_files
-    rt = Runtime.from_pretrained(model, tokenizer_path=tokenizer, device="cpu", dtype=torch.float32,
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "separate"])
+@pytest.mark.parametrize("guided", [True, False], ids=["guided", "unguided"])
+@pytest.mark.parametrize("model", ["c2i16", "t2i64"])
+def test_head_pass_launches(request, model, guided, fused):
+    if model == "c2i16":
+        path, tokenizer = request.getfixturevalue("c2i16_files")
+    else:
+        path, tokenizer = request.getfixturevalue("t2i64_dir"), None
+    rt = Runtime.from_pretrained(path, tokenizer_path=tokenizer, device="cpu", dtype=torch.float32,
                                  backend="triton")
     head = rt.engine.head
+    head.fused_input = head.fused_final = fused  # separate: the chain before these fusions (the 8-bit fallback)
     cfg = head.cfg
     mult, rows, p = (2 if guided else 1), 3, rt.family.parallel
     times = head.step_times(2)
     c_emb = torch.randn(mult * rows * p, cfg.width)
     x = torch.randn(rows, p, cfg.token_channels)
     with torch.no_grad():
-        launches = count_head_pass(head, c_emb, x, times, mult)
+        launches = count_head_pass(head, c_emb, x, times, guided)
     total = sum(launches.values())
-    print(f"head pass launches ({'guided' if guided else 'unguided'}): {total} {dict(launches)}")
+    print(f"{model} head step launches ({'guided' if guided else 'unguided'}, "
+          f"{'fused' if fused else 'separate'}): {total} {dict(launches)}")
     elementwise = {"aten.add", "aten.silu", "aten.sigmoid", "aten.mul", "aten.sub", "aten.rsub", "aten.copy_"}
     assert not elementwise & set(launches), launches
     assert launches["op.time_condition"] == 1
-    assert launches["op.sigmoid_output"] == (1 if cfg.sigmoid_output else 0)
     per_block = 10 if cfg.block_kind == "trans" else 5
-    # condition, input_proj, (repeat), adaLN GEMM, blocks, final LayerNorm-modulate and linear, (output map)
-    assert total == 1 + 1 + (mult > 1) + 1 + per_block * cfg.depth + 2 + cfg.sigmoid_output, launches
+    blocks = per_block * cfg.depth
+    if fused:
+        assert launches["op.input_projection"] == 1 and launches["op.final_layer_step"] == 1, launches
+        assert launches["op.sigmoid_output"] == 0 and launches["op.sampler_step"] == 0, launches
+        # condition, input_projection, adaLN GEMM, blocks, final layer + sampler step
+        assert total == 1 + 1 + 1 + blocks + 1, launches
+    else:
+        assert launches["op.sigmoid_output"] == (1 if cfg.sigmoid_output else 0)
+        # condition, input_proj, (repeat), adaLN GEMM, blocks, final LayerNorm-modulate and linear, (output map),
+        # sampler step
+        assert total == 1 + 1 + (mult > 1) + 1 + blocks + 2 + cfg.sigmoid_output + 1, launches
