@@ -16,7 +16,8 @@ variance (as ``layernorm_modulate``), then one that normalises, modulates, round
 unfused chain stores that tensor) and accumulates ``tl.dot`` into ``[BLOCK_M, C]`` float32. The linear's output and
 the sigmoid map are rounded to the weight's dtype like the unfused ops' stores, then the step runs in float32 with
 ``sampler_step``'s own helpers (``div_rn``, ``sqrt_rn``, no mul-add contraction): given the same prediction, the
-step is bit for bit ``sampler_step``'s.
+step is bit for bit ``sampler_step``'s, and both kernels (no contraction either) make the same prediction, so
+``final_layer_step`` equals ``final_layer`` followed by ``sampler_step`` bit for bit.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def final_layer(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weigh
     if rows:
         _final_layer_kernel[(triton.cdiv(rows, BLOCK_M),)](
             x, scale, shift, weight, weight if bias is None else bias, out, x.stride(0), scale.stride(0),
-            shift.stride(0), rows, x.shape[1], channels, float(eps), **_meta(x, weight, bias, eps, sigmoid))
+            shift.stride(0), rows, x.shape[1], channels, float(eps), enable_fp_fusion=False,
+            **_meta(x, weight, bias, eps, sigmoid))
     return out
 
 
@@ -188,7 +190,7 @@ def final_layer_step(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, 
     batch, patch, channels = sample.shape
     rows, mult = batch * patch, 2 if guided else 1
     if x.shape[0] != mult * rows:
-        halves = "conditional then unconditional rows" if guided else "unguided"
+        halves = "guided: conditional rows, then unconditional" if guided else "unguided"
         raise ValueError(f"{kernel}: x has {x.shape[0]} rows, expected {mult}·B·P = {mult * rows} for a sample of "
                          f"shape {list(sample.shape)} ({halves})")
     check_tensor(kernel, "noise", noise, shape=tuple(sample.shape), dtype=torch.float32, device=x.device)
