@@ -162,6 +162,33 @@ def _sigmoid_output(dtype: torch.dtype) -> None:
     sigmoid_output(_empty(T2I_HEAD_TOKENS, 32, dtype=dtype))
 
 
+def _input_projection(dtype: torch.dtype, rows: int, patch: int, width: int) -> None:
+    """The head's input projection of the guided sample (both halves written), T2I 14B (the class-conditional
+    shapes specialise the same way)."""
+    from bitdance_rt.kernels.input_projection import input_projection
+    input_projection(_empty(rows // 2, patch, TOKEN_CHANNELS), _empty(width, TOKEN_CHANNELS, dtype=dtype),
+                     _empty(width, dtype=dtype), 2)
+
+
+def _final_layer(dtype: torch.dtype, rows: int, width: int) -> None:
+    from bitdance_rt.kernels.final_layer import final_layer
+    mods = _empty(rows, 2 * width, dtype=dtype)
+    final_layer(_empty(rows, width, dtype=dtype), mods[:, :width], mods[:, width:],
+                _empty(TOKEN_CHANNELS, width, dtype=dtype), _empty(TOKEN_CHANNELS, dtype=dtype), 1e-6, True)
+
+
+def _final_layer_step(dtype: torch.dtype, rows: int, patch: int, width: int, per_row_cfg: bool) -> None:
+    """The final layer and the guided sampler step of the T2I 14B head (sigmoid output) or class-conditional H."""
+    from bitdance_rt.kernels.final_layer import final_layer_step
+    batch, steps = rows // (2 * patch), 25
+    mods = _empty(rows, 2 * width, dtype=dtype)
+    sample = _empty(batch, patch, TOKEN_CHANNELS)
+    final_layer_step(_empty(rows, width, dtype=dtype), mods[:, :width], mods[:, width:],
+                     _empty(TOKEN_CHANNELS, width, dtype=dtype), _empty(TOKEN_CHANNELS, dtype=dtype), 1e-6,
+                     not per_row_cfg, sample, torch.empty_like(sample), _empty(steps + 1), _empty(steps), 3,
+                     _empty(batch) if per_row_cfg else 4.0, True, out=sample)
+
+
 def _group_norm_silu(dtype: torch.dtype) -> None:
     from bitdance_rt.kernels.group_norm_silu import group_norm_silu
     group_norm_silu(_empty(2, 128, 64, 64, dtype=dtype), _empty(128, dtype=dtype), _empty(128, dtype=dtype), 32,
@@ -294,6 +321,17 @@ VARIANTS: tuple[Variant, ...] = (
     *_both_dtypes("swiglu/7680", _swiglu, ("_swiglu_kernel",)),
     *_both_dtypes("time_condition/1536", _time_condition, ("_time_condition_kernel",)),
     *_both_dtypes("sigmoid_output/32", _sigmoid_output, ("_sigmoid_output_kernel",)),
+    *_both_dtypes("input_projection/t2i-guided-5120", lambda dtype: _input_projection(dtype, T2I_HEAD_TOKENS, T2I_P,
+                                                                                      T2I_HEAD_WIDTH),
+                  ("_input_projection_kernel",)),
+    *_both_dtypes("final_layer/t2i-sigmoid-5120", lambda dtype: _final_layer(dtype, T2I_HEAD_TOKENS, T2I_HEAD_WIDTH),
+                  ("_final_layer_kernel",)),
+    *_both_dtypes("final_layer_step/t2i-guided-sigmoid-5120",
+                  lambda dtype: _final_layer_step(dtype, T2I_HEAD_TOKENS, T2I_P, T2I_HEAD_WIDTH, False),
+                  ("_final_layer_step_kernel",)),
+    Variant("final_layer_step/c2i-guided-per-row-cfg-1280/bf16",
+            lambda: _final_layer_step(torch.bfloat16, C2I_ROWS * C2I_P, C2I_P, C2I_DIM, True),
+            ("_final_layer_step_kernel",)),
     *_both_dtypes("group_norm_silu/128x64x64", _group_norm_silu, ("_group_norm_silu_kernel",)),
     *_both_dtypes("patch_attention/D128-P64", lambda dtype: _patch_attention(dtype, 128),
                   ("_patch_attention_kernel",)),
