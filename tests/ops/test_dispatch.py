@@ -165,6 +165,29 @@ def test_keyed_sampler_step_and_noise(both):
     assert torch.equal(noise, keyed_normal(seeds, ar_steps, rows_in, 3, p, c))
 
 
+def test_head_pass_ends(both):
+    """``input_projection``, ``final_layer`` and ``final_layer_step`` (guided, per-row cfg, sigmoid output) agree
+    across providers."""
+    from bitdance_rt.reference.sampler import running_times, step_times
+
+    ref, tri = both
+    rows, p, c, d = 3, 4, 32, 80
+    sample, noise = randn(rows, p, c, seed=50), randn(rows, p, c, seed=51)
+    w_in, b_in = randn(d, c, seed=52, scale=c ** -0.5), randn(d, seed=53, scale=0.1)
+    close(*(ops.input_projection(sample, w_in, b_in, 2, out=torch.full((2 * rows * p, d), float("nan"),
+                                                                         device=DEVICE)) for ops in (ref, tri)))
+    x, mods = randn(2 * rows * p, d, seed=54, scale=2.0), randn(2 * rows * p, 2 * d, seed=55, scale=0.5)
+    scale, shift = mods[:, :d], mods[:, d:]
+    w, b = randn(c, d, seed=56, scale=d ** -0.5), randn(c, seed=57, scale=0.1)
+    close(*(ops.final_layer(x, scale, shift, w, b, 1e-6, True, out=torch.full((2 * rows * p, c), float("nan"),
+                                                                             device=DEVICE)) for ops in (ref, tri)))
+    times = step_times(5, 1.0, DEVICE)
+    running = running_times(times)
+    cfg = torch.tensor([1.5, 3.0, 7.5], device=DEVICE)
+    close(*(ops.final_layer_step(x, scale, shift, w, b, 1e-6, True, sample, noise, times, running, 2, cfg, True,
+                                 out=nan_like(sample)) for ops in (ref, tri)))
+
+
 def test_bit_linear_reference_provider():
     from bitdance_rt.reference.token_packing import pack_signs_ref
 
