@@ -81,3 +81,32 @@ def test_head_loop_equals_the_quantized_reference_head_on_one_condition(t2i64_di
     draws = iter(noise)
     ref = torch.sign(sample_patch(head, cond, c, 4.0, 2, lambda shape: next(draws).reshape(shape)))
     assert torch.equal(made[:1].float(), ref[:1])
+
+
+@pytest.mark.parametrize("quantization", QUANTIZATIONS)
+def test_head_loop_with_8bit_token_projections_runs_the_separate_operations(t2i64_dir, quantization):
+    """``bitdance_rt.quantization`` keeps ``input_proj`` and ``final_layer.linear`` float, and the fused
+    ``input_projection`` / ``final_layer_step`` take float weights only; a head whose projections were made 8-bit
+    anyway runs the separate operations (GEMM and repeat; LayerNorm-modulate, GEMM, output map, sampler step) and
+    still gives the reference head's tokens exactly (PyTorch provider, same condition and noise)."""
+    import torch
+
+    from bitdance_rt.engine.head_loop import FusedHead
+    from bitdance_rt.ops import OpSet
+    from bitdance_rt.quantization.modules import quantize_linears
+    from bitdance_rt.reference.sampler import sample_patch
+    from bitdance_rt.runtime import Runtime
+
+    rt = Runtime.from_pretrained(t2i64_dir, device="cpu", dtype=torch.float32, backend="reference",
+                                 quantization=quantization)
+    head, p, c = rt.model.head, rt.family.parallel, rt.family.token_channels
+    quantize_linears(head, ["input_proj", "final_layer.linear"], quantization)
+    fused = FusedHead(head, OpSet("cpu", "torch"))
+    assert not fused.fused_input and not fused.fused_final
+    gen = torch.Generator().manual_seed(1)
+    cond = torch.randn(2, p, head.cfg.cond_channels, generator=gen)
+    noise = torch.randn(3, 1, p, c, generator=gen)
+    made = fused.sample(cond, noise, 4.0, True, fused.step_times(2))
+    draws = iter(noise)
+    ref = torch.sign(sample_patch(head, cond, c, 4.0, 2, lambda shape: next(draws).reshape(shape)))
+    assert torch.equal(made[:1].float(), ref[:1])
