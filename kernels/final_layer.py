@@ -11,9 +11,10 @@ shift ``[N, D]`` (row-strided views allowed: the final chunks of the head's adaL
 ``kernels/sampler_step.py``. x, scale, shift, weight and bias share one dtype (float32, bfloat16 or float16).
 
 Each program takes ``BLOCK_M`` rows (of the sample: each with its conditional and, guided, unconditional hidden
-row). D is reduced in chunks of ``BLOCK_D`` columns, so any width fits: one pass for the mean, one for the centred
-variance (as ``layernorm_modulate``), then one that normalises, modulates, rounds to the weight's dtype (the
-unfused chain stores that tensor) and accumulates ``tl.dot`` into ``[BLOCK_M, C]`` float32. The linear's output and
+row). D is reduced in chunks of ``BLOCK_D`` columns, so any width fits (the 14B head's 5120 included), in two
+passes: the statistics (each chunk's mean and centred sum of squares merged into the running ones), then one that
+normalises, modulates, rounds to the weight's dtype (the unfused chain stores that tensor) and accumulates
+``tl.dot`` into ``[BLOCK_M, C]`` float32, each weight chunk read once for both guidance halves. The linear's output and
 the sigmoid map are rounded to the weight's dtype like the unfused ops' stores, then the step runs in float32 with
 ``sampler_step``'s own helpers (``div_rn``, ``sqrt_rn``, no mul-add contraction): given the same prediction, the
 step is bit for bit ``sampler_step``'s, and both kernels (no contraction either) make the same prediction, so
@@ -35,54 +36,77 @@ REFERENCE = final_layer_ref
 REFERENCE_STEP = final_layer_step_ref
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK_M = 16        # rows per program (tl.dot's smallest M)
-BLOCK_D = 128       # columns of x per reduction chunk
+BLOCK_D = 128       # columns of x per reduction chunk (16-bit weights)
+BLOCK_D_FP32 = 32   # float32 weights: the guided step kernel spilled with 128 and 64 (sm_90, 2 accumulators, IEEE dot)
 MIN_DOT = 16        # tl.dot's smallest tile side
 MAX_CHANNELS = 256  # output channels held in one tile (the released models have 16 or 32)
 NUM_WARPS = 4
 
 
 @triton.jit
-def _final_rows(x_ptr, scale_ptr, shift_ptr, w_ptr, b_ptr, row, row_in, x_stride, scale_stride, shift_stride,
-                width, channels, eps, HAS_BIAS: tl.constexpr, SIGMOID: tl.constexpr, IEEE: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The final layer's prediction ``[BLOCK_M, BLOCK_C]`` (float32 values of the weight's dtype) for the hidden
-    rows ``row`` (int64 ``[BLOCK_M]``, valid where ``row_in``)."""
+def _row_statistics(x_ptr, row, row_in, x_stride, width, eps, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Mean and ``1/sqrt(var + eps)`` (``[BLOCK_M, 1]`` float32) of the hidden rows ``row`` in one pass over D: each
+    chunk's mean and centred sum of squares, merged into the running ones (Chan, Golub and LeVeque's update, as
+    stable as the two-pass form)."""
     r, r_in = row[:, None], row_in[:, None]
-    d = tl.arange(0, BLOCK_D)
-    total = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    d = tl.arange(0, BLOCK_D)[None, :]
+    mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    seen = tl.zeros([1], dtype=tl.float32)
     for d0 in range(0, width, BLOCK_D):
-        cols = d0 + d[None, :]
-        total += tl.load(x_ptr + r * x_stride + cols, mask=r_in & (cols < width), other=0.0).to(tl.float32)
-    mean = (tl.sum(total, axis=1) / width)[:, None]
-    total = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for d0 in range(0, width, BLOCK_D):
-        cols = d0 + d[None, :]
+        cols = d0 + d
         inside = r_in & (cols < width)
         x = tl.load(x_ptr + r * x_stride + cols, mask=inside, other=0.0).to(tl.float32)
-        centred = tl.where(inside, x - mean, 0.0)
-        total += centred * centred
-    rstd = tl.rsqrt((tl.sum(total, axis=1) / width)[:, None] + eps)
-    c = tl.arange(0, BLOCK_C)
-    c_in = c < channels
-    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    for d0 in range(0, width, BLOCK_D):
-        cols = d0 + d[None, :]
-        inside = r_in & (cols < width)
-        x = tl.load(x_ptr + r * x_stride + cols, mask=inside, other=0.0).to(tl.float32)
-        scale = tl.load(scale_ptr + r * scale_stride + cols, mask=inside, other=0.0).to(tl.float32)
-        shift = tl.load(shift_ptr + r * shift_stride + cols, mask=inside, other=0.0).to(tl.float32)
-        h = tl.where(inside, (x - mean) * rstd * (1.0 + scale) + shift, 0.0).to(w_ptr.dtype.element_ty)
-        k = d0 + d[:, None]
-        w = tl.load(w_ptr + c[None, :] * width + k, mask=(k < width) & c_in[None, :], other=0.0)  # [BLOCK_D, C]
-        if IEEE:
-            acc = tl.dot(h, w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(h, w, acc)
+        count = tl.sum((cols < width).to(tl.float32), axis=1)  # [1]: columns of this chunk
+        chunk_mean = tl.sum(x, axis=1) / count
+        centred = tl.where(inside, x - chunk_mean[:, None], 0.0)
+        total = seen + count
+        delta = chunk_mean - mean
+        mean = mean + delta * (count / total)
+        m2 = m2 + tl.sum(centred * centred, axis=1) + delta * delta * (seen * count / total)
+        seen = total
+    return mean[:, None], tl.rsqrt((m2 / width)[:, None] + eps)
+
+
+@triton.jit
+def _modulated_chunk(x_ptr, scale_ptr, shift_ptr, row, row_in, x_stride, scale_stride, shift_stride, mean, rstd, d0,
+                     width, dtype: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``LN(x)·(1+scale)+shift`` of the rows ``row`` on columns ``d0 .. d0 + BLOCK_D``, rounded to ``dtype`` (the
+    weight's; 0 outside the rows and columns)."""
+    r, r_in = row[:, None], row_in[:, None]
+    cols = d0 + tl.arange(0, BLOCK_D)[None, :]
+    inside = r_in & (cols < width)
+    x = tl.load(x_ptr + r * x_stride + cols, mask=inside, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + r * scale_stride + cols, mask=inside, other=0.0).to(tl.float32)
+    shift = tl.load(shift_ptr + r * shift_stride + cols, mask=inside, other=0.0).to(tl.float32)
+    return tl.where(inside, (x - mean) * rstd * (1.0 + scale) + shift, 0.0).to(dtype)
+
+
+@triton.jit
+def _weight_chunk(w_ptr, d0, width, c, c_in, BLOCK_D: tl.constexpr):
+    """``weightᵀ`` on rows ``d0 .. d0 + BLOCK_D``: ``[BLOCK_D, BLOCK_C]`` (0 outside)."""
+    k = d0 + tl.arange(0, BLOCK_D)[:, None]
+    return tl.load(w_ptr + c[None, :] * width + k, mask=(k < width) & c_in[None, :], other=0.0)
+
+
+@triton.jit
+def _accumulate(h, w, acc, IEEE: tl.constexpr):
+    if IEEE:  # float32 operands: exact products, not TF32
+        acc = tl.dot(h, w, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(h, w, acc)
+    return acc
+
+
+@triton.jit
+def _output_map(acc, b_ptr, c, c_in, HAS_BIAS: tl.constexpr, SIGMOID: tl.constexpr, dtype: tl.constexpr):
+    """The linear's bias, the rounding of its output to ``dtype``, and ``2·sigmoid − 1`` (rounded again) when
+    SIGMOID: the prediction as float32 values of ``dtype``."""
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=c_in, other=0.0).to(tl.float32)[None, :]
-    pred = acc.to(w_ptr.dtype.element_ty).to(tl.float32)
+    pred = acc.to(dtype).to(tl.float32)
     if SIGMOID:
-        pred = (2.0 / (1.0 + tl.exp(-pred)) - 1.0).to(w_ptr.dtype.element_ty).to(tl.float32)
+        pred = (2.0 / (1.0 + tl.exp(-pred)) - 1.0).to(dtype).to(tl.float32)
     return pred
 
 
@@ -90,13 +114,21 @@ def _final_rows(x_ptr, scale_ptr, shift_ptr, w_ptr, b_ptr, row, row_in, x_stride
 def _final_layer_kernel(x_ptr, scale_ptr, shift_ptr, w_ptr, b_ptr, out_ptr, x_stride, scale_stride, shift_stride,
                         rows, width, channels, eps, HAS_BIAS: tl.constexpr, SIGMOID: tl.constexpr,
                         IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+    dtype: tl.constexpr = w_ptr.dtype.element_ty
     row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     row_in = row < rows
-    pred = _final_rows(x_ptr, scale_ptr, shift_ptr, w_ptr, b_ptr, row, row_in, x_stride, scale_stride,
-                       shift_stride, width, channels, eps, HAS_BIAS, SIGMOID, IEEE, BLOCK_M, BLOCK_D, BLOCK_C)
-    c = tl.arange(0, BLOCK_C)[None, :]
-    tl.store(out_ptr + row[:, None] * channels + c, pred.to(out_ptr.dtype.element_ty),
-             mask=row_in[:, None] & (c < channels))
+    c = tl.arange(0, BLOCK_C)
+    c_in = c < channels
+    mean, rstd = _row_statistics(x_ptr, row, row_in, x_stride, width, eps, BLOCK_M, BLOCK_D)
+    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    for d0 in range(0, width, BLOCK_D):
+        w = _weight_chunk(w_ptr, d0, width, c, c_in, BLOCK_D)
+        h = _modulated_chunk(x_ptr, scale_ptr, shift_ptr, row, row_in, x_stride, scale_stride, shift_stride, mean,
+                             rstd, d0, width, dtype, BLOCK_D)
+        acc = _accumulate(h, w, acc, IEEE)
+    pred = _output_map(acc, b_ptr, c, c_in, HAS_BIAS, SIGMOID, dtype)
+    tl.store(out_ptr + row[:, None] * channels + c[None, :], pred.to(out_ptr.dtype.element_ty),
+             mask=row_in[:, None] & c_in[None, :])
 
 
 @triton.jit(do_not_specialize=["step"])
@@ -105,18 +137,33 @@ def _final_layer_step_kernel(x_ptr, scale_ptr, shift_ptr, w_ptr, b_ptr, sample_p
                              channels, patch, eps, HAS_BIAS: tl.constexpr, SIGMOID: tl.constexpr,
                              IEEE: tl.constexpr, GUIDED: tl.constexpr, CFG_PER_ROW: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+    dtype: tl.constexpr = w_ptr.dtype.element_ty
     row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # rows of the sample [B·P, C]
+    row_u = row + rows  # guided: the unconditional hidden row of the same patch element, B·P rows further
     row_in = row < rows
-    pred = _final_rows(x_ptr, scale_ptr, shift_ptr, w_ptr, b_ptr, row, row_in, x_stride, scale_stride,
-                       shift_stride, width, channels, eps, HAS_BIAS, SIGMOID, IEEE, BLOCK_M, BLOCK_D, BLOCK_C)
+    c = tl.arange(0, BLOCK_C)
+    c_in = c < channels
+    mean, rstd = _row_statistics(x_ptr, row, row_in, x_stride, width, eps, BLOCK_M, BLOCK_D)
+    mean_u, rstd_u = mean, rstd
+    if GUIDED:
+        mean_u, rstd_u = _row_statistics(x_ptr, row_u, row_in, x_stride, width, eps, BLOCK_M, BLOCK_D)
+    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    for d0 in range(0, width, BLOCK_D):
+        w = _weight_chunk(w_ptr, d0, width, c, c_in, BLOCK_D)  # read once for both halves
+        h = _modulated_chunk(x_ptr, scale_ptr, shift_ptr, row, row_in, x_stride, scale_stride, shift_stride, mean,
+                             rstd, d0, width, dtype, BLOCK_D)
+        acc = _accumulate(h, w, acc, IEEE)
+        if GUIDED:
+            h_u = _modulated_chunk(x_ptr, scale_ptr, shift_ptr, row_u, row_in, x_stride, scale_stride,
+                                   shift_stride, mean_u, rstd_u, d0, width, dtype, BLOCK_D)
+            acc_u = _accumulate(h_u, w, acc_u, IEEE)
+    pred = _output_map(acc, b_ptr, c, c_in, HAS_BIAS, SIGMOID, dtype)
     pred_u = pred
-    if GUIDED:  # the unconditional hidden row of the same patch element: B·P rows further
-        pred_u = _final_rows(x_ptr, scale_ptr, shift_ptr, w_ptr, b_ptr, row + rows, row_in, x_stride,
-                             scale_stride, shift_stride, width, channels, eps, HAS_BIAS, SIGMOID, IEEE, BLOCK_M,
-                             BLOCK_D, BLOCK_C)
-    c = tl.arange(0, BLOCK_C)[None, :]
-    offs = row[:, None] * channels + c
-    mask = row_in[:, None] & (c < channels)
+    if GUIDED:
+        pred_u = _output_map(acc_u, b_ptr, c, c_in, HAS_BIAS, SIGMOID, dtype)
+    offs = row[:, None] * channels + c[None, :]
+    mask = row_in[:, None] & c_in[None, :]
     t = tl.load(running_ptr + step)
     dt = tl.load(times_ptr + step + 1) - tl.load(times_ptr + step)
     x = tl.load(sample_ptr + offs, mask=mask, other=0.0)
@@ -148,7 +195,8 @@ def _check_final(kernel: str, x: torch.Tensor, scale: torch.Tensor, shift: torch
 
 def _meta(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, sigmoid: bool) -> dict:
     return dict(HAS_BIAS=bias is not None, SIGMOID=sigmoid, IEEE=weight.dtype == torch.float32, BLOCK_M=BLOCK_M,
-                BLOCK_D=min(BLOCK_D, max(MIN_DOT, triton.next_power_of_2(x.shape[1]))),
+                BLOCK_D=min(BLOCK_D_FP32 if weight.dtype == torch.float32 else BLOCK_D,
+                            max(MIN_DOT, triton.next_power_of_2(x.shape[1]))),
                 BLOCK_C=max(MIN_DOT, triton.next_power_of_2(weight.shape[0])), num_warps=NUM_WARPS)
 
 

@@ -2,16 +2,17 @@
 against their float64 references ``reference.head_ops.final_layer_ref`` / ``final_layer_step_ref``.
 
 Inputs are fresh seeded random tensors: x with an offset and spread far from (0, 1), scale/shift row-strided chunks
-of one adaLN output, the weight ~ N(0, 1/D). Widths cross the kernels' 128-column reduction chunks and are not
-multiples of them (96, 300, 1500); row counts are not multiples of the 16-row tile (B·P = 15, 37); token channels
-16, 32 and 20 (padded to the 32-wide tile). Sigmoid output on and off; guided and unguided; cfg as a Python float,
-a ``[1]`` tensor and one scale per row ``[B]``. Outputs are NaN-poisoned before each launch (``assert_close`` fails
-on any NaN left). Tolerance: relative error ``||out − ref|| / ||ref||`` below 1e-5 in float32 (measured about
-2e-7), 1e-2 in bf16 (GPU only). And bit for bit: ``final_layer_step`` equals ``final_layer`` followed by the
-Triton ``sampler_step`` (the same prediction and step arithmetic, no mul-add contraction in either) where each
-hidden row sits at the same place of its 16-row tile in both launches (unguided, or B·P a multiple of 16): on the
-CPU the interpreter's ``tl.dot`` is NumPy's float32 GEMM (OpenBLAS), which can round a row's dot products 1 ulp
-differently depending on the row's place in the tile (seen: guided B·P = 15, rows 0, 6, 12).
+of one adaLN output, the weight ~ N(0, 1/D). Widths cross the kernels' reduction chunks (32 columns for float32
+weights, 128 for 16-bit ones) and are not multiples of them (96, 300, 1500); row counts are not multiples of the
+16-row tile (B·P = 15, 37); token channels 16, 32 and 20 (padded to the 32-wide tile). Sigmoid output on and off;
+guided and unguided; cfg as a Python float, a ``[1]`` tensor and one scale per row ``[B]``. Outputs are NaN-poisoned
+before each launch (``assert_close`` fails on any NaN left). Tolerance: relative error ``||out − ref|| / ||ref||``
+below 1e-5 in float32 (measured about 2e-7), 1e-2 in bf16 (GPU only). And bit for bit: ``final_layer_step`` equals
+``final_layer`` followed by the Triton ``sampler_step`` (the same prediction and step arithmetic, no mul-add
+contraction in either) where each hidden row sits at the same place of its 16-row tile in both launches (unguided,
+or B·P a multiple of 16): on the CPU the interpreter's ``tl.dot`` is NumPy's float32 GEMM (OpenBLAS), which can
+round a row's dot products 1 ulp differently depending on the row's place in the tile (seen: guided B·P = 15, rows
+0, 6, 12).
 """
 
 from __future__ import annotations
@@ -77,6 +78,18 @@ def test_final_layer_without_bias_and_fresh_output():
     got = final_layer(x, scale, shift, weight, None, LN_EPS, True)
     assert got.shape == (21, 32) and got.dtype == torch.float32
     assert_close(got, final_layer_ref(f64(x), f64(scale), f64(shift), f64(weight), None, LN_EPS, True), FLOAT32_TOL)
+
+
+def test_final_layer_eps_matters_across_chunks():
+    """Rows of variance ~1e-6 over several reduction chunks: eps 1e-6 and 1e-5 give different predictions, and the
+    kernel follows eps (the chunked statistics see the whole row)."""
+    x, scale, shift, weight, bias = final_inputs(5, 300, 32, seed=7)
+    x = randn(5, 300, seed=8, scale=1e-3)
+    got = {eps: final_layer(x, scale, shift, weight, bias, eps, False, out=poisoned(5, 32)) for eps in (1e-6, 1e-5)}
+    for eps, out in got.items():
+        assert_close(out, final_layer_ref(f64(x), f64(scale), f64(shift), f64(weight), f64(bias), eps, False),
+                     FLOAT32_TOL)
+    assert not torch.allclose(got[1e-6], got[1e-5], rtol=1e-3)
 
 
 # ---------------------------------------------------------------- final_layer_step
