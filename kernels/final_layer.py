@@ -1,6 +1,6 @@
 """The head's final layer, alone or fused with the sampler step that consumes it (Triton).
 
-``final_layer``: ``pred = map(LN(x)·(1+scale)+shift) · Wᵀ + b)`` with an affine-free LayerNorm over D and ``map``
+``final_layer``: ``pred = map((LN(x)·(1+scale)+shift)·Wᵀ + b)`` with an affine-free LayerNorm over D and ``map``
 ``2·sigmoid − 1`` for sigmoid-output models (else the identity). ``final_layer_step``: the same for the conditional
 and the unconditional rows of each patch element, then ``sampler_step``'s guided Euler–Maruyama step from that
 prediction, writing the new sample; the prediction never leaves registers.
@@ -14,11 +14,12 @@ Each program takes ``BLOCK_M`` rows (of the sample: each with its conditional an
 row). D is reduced in chunks of ``BLOCK_D`` columns, so any width fits (the 14B head's 5120 included), in two
 passes: the statistics (each chunk's mean and centred sum of squares merged into the running ones), then one that
 normalises, modulates, rounds to the weight's dtype (the unfused chain stores that tensor) and accumulates
-``tl.dot`` into ``[BLOCK_M, C]`` float32, each weight chunk read once for both guidance halves. The linear's output and
-the sigmoid map are rounded to the weight's dtype like the unfused ops' stores, then the step runs in float32 with
-``sampler_step``'s own helpers (``div_rn``, ``sqrt_rn``, no mul-add contraction): given the same prediction, the
-step is bit for bit ``sampler_step``'s, and both kernels (no contraction either) make the same prediction, so
-``final_layer_step`` equals ``final_layer`` followed by ``sampler_step`` bit for bit.
+``tl.dot`` into ``[BLOCK_M, C]`` float32, each weight chunk read once for both guidance halves. The linear's output
+and the sigmoid map are rounded to the weight's dtype like the unfused ops' stores, then the step runs in float32
+with ``sampler_step``'s own helpers (``div_rn``, ``sqrt_rn``, no mul-add contraction): given the same prediction,
+the step is bit for bit ``sampler_step``'s. Both kernels compute the prediction with the same code and no
+contraction, so ``final_layer_step`` equals ``final_layer`` followed by ``sampler_step`` bit for bit where the rows
+sit at the same places of their tiles (checked through the interpreter; tests/kernels/test_final_layer.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ REFERENCE_STEP = final_layer_step_ref
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK_M = 16        # rows per program (tl.dot's smallest M)
 BLOCK_D = 128       # columns of x per reduction chunk (16-bit weights)
-BLOCK_D_FP32 = 32   # float32 weights: the guided step kernel spilled with 128 and 64 (sm_90, 2 accumulators, IEEE dot)
+BLOCK_D_FP32 = 32   # float32 weights (IEEE dot, 2 accumulators): the guided step spilled on sm_90 with 128 and 64
 MIN_DOT = 16        # tl.dot's smallest tile side
 MAX_CHANNELS = 256  # output channels held in one tile (the released models have 16 or 32)
 NUM_WARPS = 4
@@ -193,7 +194,7 @@ def _check_final(kernel: str, x: torch.Tensor, scale: torch.Tensor, shift: torch
                         f"{type(sigmoid).__name__}")
 
 
-def _meta(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, sigmoid: bool) -> dict:
+def _meta(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sigmoid: bool) -> dict:
     return dict(HAS_BIAS=bias is not None, SIGMOID=sigmoid, IEEE=weight.dtype == torch.float32, BLOCK_M=BLOCK_M,
                 BLOCK_D=min(BLOCK_D_FP32 if weight.dtype == torch.float32 else BLOCK_D,
                             max(MIN_DOT, triton.next_power_of_2(x.shape[1]))),
@@ -217,7 +218,7 @@ def final_layer(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weigh
         _final_layer_kernel[(triton.cdiv(rows, BLOCK_M),)](
             x, scale, shift, weight, weight if bias is None else bias, out, x.stride(0), scale.stride(0),
             shift.stride(0), rows, x.shape[1], channels, float(eps), enable_fp_fusion=False,
-            **_meta(x, weight, bias, eps, sigmoid))
+            **_meta(x, weight, bias, sigmoid))
     return out
 
 
@@ -249,5 +250,5 @@ def final_layer_step(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, 
             x, scale, shift, weight, weight if bias is None else bias, sample, noise, times, running, out, step, cfg,
             x.stride(0), scale.stride(0), shift.stride(0), rows, x.shape[1], channels, patch, float(eps),
             GUIDED=guided, CFG_PER_ROW=cfg_per_row(cfg), enable_fp_fusion=False,
-            **_meta(x, weight, bias, eps, sigmoid))
+            **_meta(x, weight, bias, sigmoid))
     return out
