@@ -4,8 +4,9 @@ The interpreter that runs the other kernel tests does not see compile-only error
 different shapes in the two branches of a runtime ``if`` runs there and fails in the compiler). Here each variant
 of ``compile_targets.VARIANTS`` (float32 and bf16 of every kernel at the released models' shapes: both RoPE
 forms, decode with and without key splits and the split-merge kernel, prefill, head dims 64 and 128, the sampler
-step and its final step with and without packing; the 8-bit GEMMs at the 14B decode and batch shapes with and
-without split-K, and the fp8 activation quantizer) is compiled in a child process without ``TRITON_INTERPRET``
+step and its final step with and without packing, the head's input projection, final layer and final layer with
+the sampler step; the 8-bit GEMMs at the 14B decode and batch shapes with and without split-K, and the fp8
+activation quantizer) is compiled in a child process without ``TRITON_INTERPRET``
 (``conftest.py`` sets it for this folder; kernels decorated under it cannot be compiled). Checked per variant:
 the launcher launched the expected kernels, each compiled to a non-empty sm_90a ELF cubin, and fits an H100
 block (shared memory <= 227 KiB, registers <= 255 per thread and <= 64 Ki per block). Spills are reported, not
