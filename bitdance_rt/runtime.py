@@ -139,7 +139,7 @@ class Runtime:
         placement = self.family.placement(spec)
         runner = self.runner
         batch = runner.batch_bytes(spec, spec.num_images, placement.max_len)
-        join = runner.join_bytes(spec, placement.prompt_len)
+        join = runner.join_bytes(spec, spec.num_images, placement.max_len)
         return {"quantization": self.family.quantization, "weights_bytes": runner.dims.weights_bytes,
                 "num_images": spec.num_images, "height": spec.height, "width": spec.width,
                 "batch_bytes": batch, "join_bytes": join, "peak_bytes": peak_bytes(runner.dims, batch, join)}

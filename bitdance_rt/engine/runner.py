@@ -101,13 +101,17 @@ class ModelRunner:
         return self.family.leading_unguided_steps(spec.guidance, spec.num_ar)
 
     def batch_bytes(self, spec, slots: int, max_len: int) -> int:
-        """The memory a batch of ``slots`` slots for ``spec``'s group holds while it exists."""
-        return batch_bytes(self.dims, slots, 2 if spec.guided else 1, max_len, spec.num_steps)
+        """The memory a batch of ``slots`` slots for ``spec``'s group holds while it exists (with the join scratch
+        it keeps when the family has leading unguided AR steps)."""
+        return batch_bytes(self.dims, slots, 2 if spec.guided else 1, max_len, spec.num_steps,
+                           self.family.prefill_length(max_len, spec.num_ar), self.leading_unguided_steps(spec))
 
-    def join_bytes(self, spec, prompt_len: int) -> int:
-        """The memory ``spec`` needs for a moment when it joins (its prefill) and leaves (decoding its images)."""
-        return join_bytes(self.dims, spec.rows, prompt_len, spec.num_images, spec.height, spec.width,
-                          spec.output_type != "tokens")
+    def join_bytes(self, spec, slots: int, max_len: int) -> int:
+        """The memory ``spec`` needs for a moment when it joins a batch of ``slots`` slots (the prefill of the
+        batch's fixed shape) and when it leaves (decoding its images)."""
+        rows, length = slots * (2 if spec.guided else 1), self.family.prefill_length(max_len, spec.num_ar)
+        return join_bytes(self.dims, rows, length, self.leading_unguided_steps(spec), spec.num_images, spec.height,
+                          spec.width, spec.output_type != "tokens")
 
     # ---------------------------------------------------------------- batches
     def _batch(self, key: tuple, slots: int, max_len: int, spec) -> _Batch:
