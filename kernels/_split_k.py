@@ -26,15 +26,16 @@ def _split_k_reduce_kernel(partial_ptr, bias_ptr, out_ptr, gate_ptr, M, N, parti
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     inside = (rows < M)[:, None] & (cols < N)[None, :]
-    offsets = rows.to(tl.int64)[:, None] * partial_width + cols[None, :]
-    total = tl.load(partial_ptr + offsets, mask=inside, other=0.0)
+    ptrs = partial_ptr + rows.to(tl.int64)[:, None] * partial_width + cols[None, :]
+    total = tl.load(ptrs, mask=inside, other=0.0)
     total_up = total
     if EPILOGUE == 1:
-        total_up = tl.load(partial_ptr + offsets + N, mask=inside, other=0.0)
+        total_up = tl.load(ptrs + N, mask=inside, other=0.0)
     for s in tl.static_range(1, SPLITS):
-        total += tl.load(partial_ptr + s * split_stride + offsets, mask=inside, other=0.0)
+        ptrs += split_stride  # one split's [M, W] at a time: no 32-bit product s·M·W
+        total += tl.load(ptrs, mask=inside, other=0.0)
         if EPILOGUE == 1:
-            total_up += tl.load(partial_ptr + s * split_stride + offsets + N, mask=inside, other=0.0)
+            total_up += tl.load(ptrs + N, mask=inside, other=0.0)
     gemm_epilogue(total, total_up, rows, cols, M, N, bias_ptr, out_ptr, out_row_stride, gate_ptr, gate_row_stride,
                   HAS_BIAS, EPILOGUE)
 
