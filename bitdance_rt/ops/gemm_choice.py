@@ -45,8 +45,14 @@ def choice_for(mode: str, device: torch.device, dtype: torch.dtype, epilogue: st
         return True, None
     if mode == "cublas" or device.type != "cuda" or not MEASURED:
         return False, None
-    key = (_gpu_name(device), str(dtype).replace("torch.", ""), epilogue, n, k)
-    for measured_m, splits in MEASURED.get(key, ()):
+    return measured_choice(MEASURED, _gpu_name(device), dtype, epilogue, m, n, k)
+
+
+def measured_choice(table: dict, gpu: str, dtype: torch.dtype, epilogue: str, m: int, n: int, k: int
+                    ) -> tuple[bool, int | None]:
+    """The lookup of ``choice_for`` in ``table`` (``MEASURED``'s layout) for the GPU named ``gpu``."""
+    key = (gpu, str(dtype).replace("torch.", ""), epilogue, n, k)
+    for measured_m, splits in table.get(key, ()):
         if measured_m == m_bucket(m):
             return True, splits
     return False, None
