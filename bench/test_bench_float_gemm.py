@@ -5,8 +5,8 @@ entries of ``bitdance_rt/ops/gemm_choice.py``'s measured-choice table.
 Rows: the 14B text-to-image model's float linears with the epilogue the engine runs them with: backbone q/k/v
 (7,168 × 5,120, bias), o_proj (5,120 × 5,120), gate/up (34,816 × 5,120, SwiGLU), down (5,120 × 17,408); head wqkv
 (15,360 × 5,120), wo (5,120 × 5,120, gated residual), w1 (15,360 × 5,120, SwiGLU), w2 (5,120 × 7,680, gated
-residual), the fused adaLN linear ((2·6 + 2)·5,120 × 5,120). M = 128, 256, 512, 1,024, 2,048 rows (the decode block of
-one guided image is 128; where N = 5,120 the 128-row tiles leave most of the SMs idle without split-K).
+residual), the fused adaLN linear ((2·6 + 2)·5,120 × 5,120). M = 128, 256, 512, 1,024, 2,048 rows (the decode
+block of one guided image is 128; where N = 5,120 the 128-row tiles leave most of the SMs idle without split-K).
 
 Each row times, inside CUDA graphs (``floors.time_graphed``), cuBLAS and ours with every split count from 1 to 8 that
 K allows, plus the tile rule's choice; ``extra_info`` holds them all (``ours_split<S>_s``, ``cublas_s``), the best

@@ -4,10 +4,11 @@
 Per layer: ``rmsnorm_residual`` (the family's rounding style) -> one GEMM for q/k/v -> the pre-attention append
 (``qk_norm_rope_append``: q/k RMSNorm and rotate-half RoPE, or ``rope_append_interleaved``: interleaved RoPE; K/V
 written into the cache at each row's length) -> ``attend(layer, q)`` (prefill or decode attention, chosen by the
-caller) -> the output projection -> ``rmsnorm_residual`` -> one GEMM for gate/up with SwiGLU (``linear.linear_swiglu``:
-fused into our GEMM's epilogue for 8-bit weights, and for float weights where ``ops.gemm_choice`` picks ours) -> the
-down projection. Every other GEMM goes through ``linear.linear``. The residual adds stay in ``rmsnorm_residual``
-(ungated: nothing to fuse into the down/output projections). An input RMSNorm (class-conditional ``emb_norm``) runs first when the family has one; the final norm closes.
+caller) -> the output projection -> ``rmsnorm_residual`` -> one GEMM for gate/up with SwiGLU
+(``linear.linear_swiglu``: fused into our GEMM's epilogue for 8-bit weights, and for float weights where
+``ops.gemm_choice`` picks ours) -> the down projection. Every other GEMM goes through ``linear.linear``. The residual
+adds stay in ``rmsnorm_residual`` (ungated: nothing to fuse into the down/output projections). An input RMSNorm
+(class-conditional ``emb_norm``) runs first when the family has one; the final norm closes.
 """
 
 from __future__ import annotations

@@ -8,9 +8,8 @@ Work hoisted out of the loop:
   per sampling step makes every block's scale/shift/gate.
 Per sampling step: the condition ``silu(cond_embed + time_embed)`` in one kernel (``time_condition``),
 ``input_proj`` of the conditional half only (both halves see the same x), the blocks through
-``layernorm_modulate`` / ``patch_attention`` and ``linear.linear`` / ``linear_swiglu`` (w1) /
-``linear_gated_residual`` (attn.wo, w2, mlp.2) for the GEMMs (the epilogue fused into our GEMM for 8-bit weights,
-and for float weights where ``ops.gemm_choice`` picks ours; else F.linear and the separate kernel), the final layer (``2·sigmoid − 1`` in one
+``layernorm_modulate`` / ``patch_attention`` / ``gated_residual`` / ``swiglu`` with ``linear.linear`` for the GEMMs
+(F.linear, or the ``quantized_linear`` operation for 8-bit weights), the final layer (``2·sigmoid − 1`` in one
 kernel, ``sigmoid_output``, for sigmoid-output models), then ``sampler_step`` (velocity, guidance, score, drift,
 noise) in one kernel; the last step is
 ``sampler_final`` (Euler step and sign). Shapes: conditioning ``[rows, P, C_cond]``, noise ``[N + 1, rows/m, P, C]``.

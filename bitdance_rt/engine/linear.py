@@ -40,7 +40,8 @@ def linear(ops: OpSet, x: torch.Tensor, w: Weight, b: torch.Tensor | None = None
 
 
 def linear_swiglu(ops: OpSet, x: torch.Tensor, w: Weight, b: torch.Tensor | None = None) -> torch.Tensor:
-    """``silu(x @ w_gateᵀ + b_gate) · (x @ w_upᵀ + b_up)`` for ``w [2H, K]`` (gate rows, then up rows) -> ``[..., H]``."""
+    """``silu(x @ w_gateᵀ + b_gate) · (x @ w_upᵀ + b_up)`` for ``w [2H, K]`` (gate rows, then up rows)
+    -> ``[..., H]``."""
     if isinstance(w, QuantizedWeight):
         return ops.linear_swiglu(x, w, b, act_quant=RUNTIME_ACT_QUANT[w.fmt])
     ours, splits = _float_choice(ops, x, w, "swiglu")

@@ -11,7 +11,8 @@ to ``quantized_linear_reference`` (within the kernels' tolerances; the fp8 activ
   rows elsewhere); the reference runs them.
 
 The fused epilogues of ``kernels._gemm_epilogue`` (SwiGLU, the gated residual) run in the GEMM's store
-(``epilogue=``). x may have any leading shape; its last dimension must be contiguous. Triton is imported on the first call.
+(``epilogue=``). x may have any leading shape; its last dimension must be contiguous. Triton is imported on the
+first call.
 """
 
 from __future__ import annotations
