@@ -7,7 +7,8 @@ Shapes and dtypes: ``x [M, K]`` and ``W [N, K]`` of one dtype (float32, bfloat16
 W contiguous); ``bias`` ``[N]`` (``[2H]`` for SwiGLU) any float dtype or None; ``out [M, N]`` in x's dtype or a given
 float ``out`` (rows may be strided). Epilogues (``_gemm_epilogue``): ``"bias"``; ``"swiglu"`` (W ``[2H, K]``, gate
 rows then up rows -> ``[M, H] = silu(x·W_gateᵀ + b_gate) · (x·W_upᵀ + b_up)``, two accumulators in one program);
-``"gated_residual"`` (``out`` is the residual x ``[M, N]``, updated in place: ``x += gate · (x_in·Wᵀ + b)``).
+``"gated_residual"`` (``out`` is the residual x ``[M, N]``, updated in place: ``x += gate · (x_in·Wᵀ + b)``; x_in
+must not share memory with x: other programs still read it).
 
 Arithmetic: ``tl.dot`` of the tiles with float32 accumulation (float32 operands: IEEE products, no TF32), the
 epilogue in float32, one rounding at the store. Tiles and split-K by ``_gemm_launch`` / ``_gemm_tiles`` (K cut into
