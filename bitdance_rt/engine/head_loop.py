@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import OpSet
-from .linear import linear, weight_and_bias
+from .linear import linear, linear_gated_residual, linear_swiglu, weight_and_bias
 from ..reference.diffusion_head import LN_EPS, DiffusionHead
 from ..reference.sampler import LAST_STEP_SIZE, running_times, step_times
 
@@ -90,8 +90,7 @@ class FusedHead:
             else:
                 scale, shift, gate = mod
                 h = self.ops.layernorm_modulate(x, scale, shift, blk.norm.weight, blk.norm.bias, LN_EPS)
-                h = self._linear(self.ops.swiglu(self._linear(h, lin["w1"])), lin["w2"])
-                x = self.ops.gated_residual(x, h, gate, out=x)
+                x = linear_gated_residual(self.ops, x, linear_swiglu(self.ops, h, *lin["w1"]), *lin["w2"], gate)
         h = self.ops.layernorm_modulate(x, f_scale, f_shift, None, None, LN_EPS)
         out = head.final_layer.linear(h).reshape(mult * b, p, cfg.token_channels)
         return self.ops.sigmoid_output(out, out=out) if cfg.sigmoid_output else out
@@ -105,13 +104,11 @@ class FusedHead:
         h = self.ops.layernorm_modulate(x, scale1, shift1, blk.norm1.weight, blk.norm1.bias, LN_EPS)
         qkv = self._linear(h, lin["attn.wqkv"]).reshape(rows, p, 3 * cfg.width)
         att = self.ops.patch_attention(qkv, cfg.attn_head_dim).reshape(rows * p, cfg.width)
-        x = self.ops.gated_residual(x, self._linear(att, lin["attn.wo"]), gate1, out=x)
+        x = linear_gated_residual(self.ops, x, att, *lin["attn.wo"], gate1)
         h = self.ops.layernorm_modulate(x, scale2, shift2, blk.norm2.weight, blk.norm2.bias, LN_EPS)
         if cfg.use_swiglu:
-            h = self._linear(self.ops.swiglu(self._linear(h, lin["w1"])), lin["w2"])
-        else:
-            h = self._linear(F.silu(self._linear(h, lin["mlp.0"])), lin["mlp.2"])
-        return self.ops.gated_residual(x, h, gate2, out=x)
+            return linear_gated_residual(self.ops, x, linear_swiglu(self.ops, h, *lin["w1"]), *lin["w2"], gate2)
+        return linear_gated_residual(self.ops, x, F.silu(self._linear(h, lin["mlp.0"])), *lin["mlp.2"], gate2)
 
     def sample(self, cond: torch.Tensor, noise: torch.Tensor, cfg_scale: float | torch.Tensor, guided: bool,
                times: StepTimes) -> torch.Tensor:
