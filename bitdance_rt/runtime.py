@@ -22,6 +22,7 @@ import torch
 
 from .engine import build_engine
 from .errors import InvalidRequestError
+from .ops.gemm_choice import MODES as GEMM_MODES
 from .families import Family, family_of, load_family
 from .outputs import GenerationOutput, format_images
 from .quantization.formats import check_quantization
@@ -41,7 +42,8 @@ class Runtime:
 
     def __init__(self, model, device: torch.device, dtype: torch.dtype, backend: str, *,
                  max_batch: int = DEFAULT_MAX_BATCH, memory_budget: int | str | None = None,
-                 batch_invariant: bool = True, op_providers: dict[str, str] | None = None):
+                 batch_invariant: bool = True, op_providers: dict[str, str] | None = None,
+                 float_gemm: str = "measured"):
         self.family: Family = family_of(model)
         self.model = self.family.model
         self.device = device
@@ -50,6 +52,7 @@ class Runtime:
         self._limits = {"max_batch": check_max_batch(max_batch), "memory_budget": parse_memory_budget(memory_budget),
                         "batch_invariant": bool(batch_invariant)}
         self._op_providers = dict(op_providers or {})
+        self._float_gemm = float_gemm
         self.engine = self._build_engine() if backend in ("triton", "cuda") else None
         self._runner: ModelRunner | None = None
         self._device_lock = threading.RLock()  # every device pass of the schedulers and previews
@@ -64,7 +67,7 @@ class Runtime:
                         tokenizer_path: str | Path | None = None, trust_pickle: bool = False,
                         max_batch: int = DEFAULT_MAX_BATCH, memory_budget: int | str | None = None,
                         batch_invariant: bool = True, op_providers: dict[str, str] | None = None,
-                        quantization: str | None = None) -> "Runtime":
+                        quantization: str | None = None, float_gemm: str = "measured") -> "Runtime":
         """Load a model. ``path``: a text-to-image directory or a class-conditional checkpoint file;
         ``tokenizer_path``: the class-conditional tokenizer file (``ae_d16c32.pt``); ``backend``: ``"auto"``
         (the engine on CUDA, the reference elsewhere), ``"reference"``, ``"triton"`` or ``"cuda"`` (see
@@ -77,7 +80,10 @@ class Runtime:
         fly; CUDA compute capability >= 8.9) or ``"int8"`` (int8 weights with a scale per output channel, weight-only;
         any GPU): every linear of the backbone and the diffusion head is quantized at load, one tensor at a time
         from the released files (``loading/quantized_load.py``); on the CPU both run through the plain-PyTorch
-        reference math. Every argument is checked before any weight is read."""
+        reference math. ``float_gemm``: the engine's float-weight GEMMs: ``"measured"`` (cuBLAS unless the
+        benchmark's per-shape table, ``ops/gemm_choice.py``, says our Triton GEMM with its fused SwiGLU / gated
+        residual epilogue wins), ``"ours"`` (always the Triton GEMM) or ``"cublas"``. Every argument is checked
+        before any weight is read."""
         check_max_batch(max_batch)
         parse_memory_budget(memory_budget)
         dev = resolve_device(device)
@@ -85,17 +91,21 @@ class Runtime:
         dt = resolve_dtype(dtype, dev)
         backend = resolve_backend(backend, dev)
         _check_op_providers(op_providers, dev, backend)
+        if float_gemm not in GEMM_MODES:
+            raise InvalidRequestError(f"float_gemm must be one of {GEMM_MODES}, got {float_gemm!r}.",
+                                      param="float_gemm")
         with torch.inference_mode(False), torch.no_grad():
             family = load_family(Path(path), tokenizer_path, dev, dt, trust_pickle=trust_pickle,
                                  quantization=quantization)
         return cls(family, dev, dt, backend, max_batch=max_batch, memory_budget=memory_budget,
-                   batch_invariant=batch_invariant, op_providers=op_providers)
+                   batch_invariant=batch_invariant, op_providers=op_providers, float_gemm=float_gemm)
 
     def _build_engine(self, chain: str | None = None):
         """The engine over the model's weights, its operations resolved for this backend (or ``chain``)."""
         from .ops import OpSet
 
-        ops = OpSet(self.device, chain or engine_chain(self.backend), overrides=self._op_providers)
+        ops = OpSet(self.device, chain or engine_chain(self.backend), overrides=self._op_providers,
+                    float_gemm=self._float_gemm)
         return build_engine(self.family, ops)
 
     # ------------------------------------------------------------------ information
@@ -139,7 +149,7 @@ class Runtime:
         placement = self.family.placement(spec)
         runner = self.runner
         batch = runner.batch_bytes(spec, spec.num_images, placement.max_len)
-        join = runner.join_bytes(spec, placement.prompt_len)
+        join = runner.join_bytes(spec, spec.num_images, placement.max_len)
         return {"quantization": self.family.quantization, "weights_bytes": runner.dims.weights_bytes,
                 "num_images": spec.num_images, "height": spec.height, "width": spec.width,
                 "batch_bytes": batch, "join_bytes": join, "peak_bytes": peak_bytes(runner.dims, batch, join)}

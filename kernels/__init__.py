@@ -18,10 +18,13 @@ in ``bitdance_rt.reference`` it must equal (tests/kernels compare them on random
 | ``token_packing`` | sign quantization, ±1 ↔ packed 32-bit words | ``reference.token_packing`` |
 | ``int8_weight_gemm`` | ``x @ (Wq·scales)ᵀ + bias``: int8 weights per output channel, dequantized in registers, bf16/fp32 activations, optional split-K | ``quantization.reference_linear.int8_weight_gemm_reference`` |
 | ``fp8_gemm`` | W8A8 e4m3 GEMM: per-token or 1×128-group activation scales × per-channel or 128×128-block weight scales, float32 accumulation, optional split-K | ``quantization.reference_linear.fp8_gemm_reference`` |
+| ``float_gemm`` | ``x @ Wᵀ`` for bf16/fp16/fp32 weights with the shared epilogues (bias, SwiGLU, gated residual) and optional split-K | ``F.linear`` (+ ``head_ops.swiglu_ref`` / ``gated_residual_ref``) |
 | ``fp8_activation_quant`` | activations to e4m3 codes with a scale per token or per 1×128 group | ``quantization.reference_linear.fp8_activation_quant_reference`` |
 
-Helpers: ``_tiles`` (row tiles), ``_gemm_tiles`` (tiles and split-K of the 8-bit GEMMs),
-``_split_k`` (their deterministic split-K sum).
+Helpers: ``_tiles`` (row tiles); for the three GEMMs ``_gemm_tiles`` (tiles and split-K), ``_gemm_launch`` (the
+launchers' shared checks, buffers and split-K plumbing), ``_gemm_epilogue`` (bias, SwiGLU, gated residual: one
+``@triton.jit`` function) and ``_split_k`` (the deterministic split-K sum that runs the epilogue). The int8 and fp8
+GEMMs take the same ``epilogue=`` / ``gate=`` arguments.
 
 Importing this package imports nothing; import the module you need (it imports Triton).
 """

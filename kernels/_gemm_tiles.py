@@ -1,4 +1,4 @@
-"""Tile and split-K choice of the 8-bit-weight GEMMs (``int8_weight_gemm``, ``fp8_gemm``), one rule for both.
+"""Tile and split-K choice of our GEMMs (``float_gemm``, ``int8_weight_gemm``, ``fp8_gemm``), one rule for all.
 
 ``y[M, N] = x[M, K] @ W[N, K]ᵀ``, one program per ``[BLOCK_M, BLOCK_N]`` output tile and K range:
 

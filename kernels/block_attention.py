@@ -41,15 +41,18 @@ NUM_STAGES = 2  # double-buffered K/V tiles: float32 tiles of 128-channel heads 
 
 @triton.jit
 def _decode_kernel(q_ptr, k_ptr, v_ptr, lengths_ptr, out_ptr, part_ptr, lse_ptr, qk_scale, num_kv_heads, max_len,
-                   block, keys_per_split, rows_total,
+                   block, num_splits, rows_total,
                    GROUP_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    # program: one (row b, KV head) pair, one tile of its group·P query rows, one split of the key range
+    # program: one (row b, KV head) pair, one tile of its group·P query rows, one split of the key range. The row's
+    # keys [0, end) are cut into num_splits tile-aligned ranges from its length on the device, so a captured graph
+    # (sized for Lmax) still shares a short row's keys among all its splits
     pid_bh = tl.program_id(0).to(tl.int64)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
     b = pid_bh // num_kv_heads
     end = tl.minimum(tl.load(lengths_ptr + b) + block, max_len)
+    keys_per_split = tl.cdiv(tl.cdiv(end, BLOCK_N), num_splits) * BLOCK_N
     lo = pid_s * keys_per_split
     hi = tl.minimum(lo + keys_per_split, end)
 
@@ -199,8 +202,10 @@ def _launch_shape(head_dim: int) -> dict[str, int]:
 def choose_key_splits(programs: int, max_len: int, sm_count: int) -> int:
     """Key-range splits for ``programs`` (batch·KV heads·row tiles) decode programs over a cache of ``max_len``
     positions on ``sm_count`` multiprocessors: enough programs for ``SPLIT_WAVES`` waves (a few rows leave most
-    multiprocessors idle otherwise), each split at least ``MIN_KEYS_PER_SPLIT`` keys; 1 when the rows alone fill
-    the waves (batch 256) or the cache is short."""
+    multiprocessors idle otherwise), each split at least ``MIN_KEYS_PER_SPLIT`` keys of a full cache; 1 when the rows
+    alone fill the waves (batch 256) or the cache is short. The kernel cuts each row's own key range (its length,
+    read on the device) into that many tile-aligned parts, so at an early AR step the splits share the few keys
+    there are instead of most of them finding none."""
     wanted = -(-SPLIT_WAVES * sm_count // max(1, programs))
     return max(1, min(wanted, max_len // MIN_KEYS_PER_SPLIT))
 
@@ -237,15 +242,14 @@ def block_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         key_splits = _key_splits(bh * m_tiles, max_len, q.device)
     if not isinstance(key_splits, int) or key_splits < 1:
         raise ValueError(f"{kernel}: key_splits must be a positive int, got {key_splits!r}")
-    keys_per_split = triton.cdiv(triton.cdiv(max_len, BLOCK_N), key_splits) * BLOCK_N
-    key_splits = triton.cdiv(max_len, keys_per_split)  # no split starting beyond Lmax
+    key_splits = min(key_splits, triton.cdiv(max_len, BLOCK_N))  # at most one key tile per split
     rows_total = batch * q_heads * block
     split = key_splits > 1
     part = torch.empty((key_splits, rows_total, head_dim) if split else (1,), device=q.device, dtype=torch.float32)
     lse = torch.empty((key_splits, rows_total) if split else (1,), device=q.device, dtype=torch.float32)
     _decode_kernel[(bh, m_tiles, key_splits)](
         q, k_cache, v_cache, lengths, out, part, lse, scale * LOG2_E, k_cache.shape[1], max_len, block,
-        keys_per_split, rows_total, GROUP_ROWS=group_rows, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+        key_splits, rows_total, GROUP_ROWS=group_rows, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
         SPLIT=split, DOT_PRECISION=_dot_precision(q.dtype), **_launch_shape(head_dim))
     if split:
         block_r = 16

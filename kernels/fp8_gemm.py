@@ -10,9 +10,10 @@ Shapes and dtypes: ``A [M, K]`` float8_e4m3fn (rows may be strided; ``fp8_activa
 Arithmetic: ``BLOCK_K`` = 128, one scale group per K step. Every step's ``tl.dot(A_tile, W_tileᵀ)`` (e4m3 products,
 float32 result) is added to a float32 accumulator, so the tensor cores' reduced-precision fp8 accumulation (Hopper)
 never spans more than 128 products. Per-group and per-block scales multiply each step's partial sum (by row and by
-column); per-token and per-channel scales multiply the accumulator once after the loop. Then the bias, then one
-rounding to the output dtype. Tiles and split-K by ``_gemm_tiles.gemm_tiles`` (each K range scales its partial sums;
-``_split_k`` adds them and the bias in a fixed order). No atomics: the same bits every run.
+column); per-token and per-channel scales multiply the accumulator once after the loop. Then the epilogue
+(``_gemm_epilogue``: bias, SwiGLU with a second accumulator over the up rows, or the gated residual), then one
+rounding to the output dtype. Tiles, split-K and the shared checks by ``_gemm_launch`` (each K range scales its
+partial sums; ``_split_k`` adds them in a fixed order and runs the epilogue). No atomics: the same bits every run.
 """
 
 from __future__ import annotations
@@ -22,33 +23,37 @@ import triton
 import triton.language as tl
 
 from bitdance_rt.ops.argument_checks import check_rows, check_tensor
-from bitdance_rt.kernels._gemm_tiles import gemm_tiles
-from bitdance_rt.kernels._split_k import split_k_reduce
+from bitdance_rt.kernels._gemm_epilogue import gemm_store
+from bitdance_rt.kernels._gemm_launch import prepare_gemm
 from bitdance_rt.quantization.formats import BLOCK, FP8_DTYPE
 from bitdance_rt.quantization.reference_linear import fp8_gemm_reference
 
 REFERENCE = fp8_gemm_reference
 KERNEL = "fp8_gemm"
-OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BIAS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
-def _fp8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, M, N, K, a_row_stride,
-                     out_row_stride, k_per_split, split_stride, scale_cols, A_GROUPED: tl.constexpr,
-                     W_BLOCKED: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _fp8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, a_row_stride, scale_cols, partial_ptr, bias_ptr, out_ptr,
+                     gate_ptr, M, N, K, out_row_stride, gate_row_stride, k_per_split, partial_width, split_stride,
+                     A_GROUPED: tl.constexpr, W_BLOCKED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     EPILOGUE: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    up_cols = cols + N  # SwiGLU: the up rows [N, 2N) of the weight
     k_start = tl.program_id(2) * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
     row_ok, col_ok = rows < M, cols < N
     a_rows = a_ptr + rows.to(tl.int64)[:, None] * a_row_stride
     w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
+    w_up_rows = w_ptr + up_cols.to(tl.int64)[:, None] * K
     a_scale_rows = a_scale_ptr + rows * scale_cols          # per-group activation scales [M, ceil(K/128)]
     w_scale_rows = w_scale_ptr + (cols // BLOCK_K) * scale_cols  # per-block weight scales [ceil(N/128), ceil(K/128)]
+    w_up_scale_rows = w_scale_ptr + (up_cols // BLOCK_K) * scale_cols
     ks = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         k = k0 + ks
         k_ok = (k < k_end)[None, :]
@@ -56,31 +61,39 @@ def _fp8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, 
         w = tl.load(w_rows + k[None, :], mask=col_ok[:, None] & k_ok, other=0.0)
         part = tl.dot(a, tl.trans(w))
         if A_GROUPED:
-            part = part * tl.load(a_scale_rows + k0 // BLOCK_K, mask=row_ok, other=0.0)[:, None]
+            a_scale = tl.load(a_scale_rows + k0 // BLOCK_K, mask=row_ok, other=0.0)[:, None]
+            part = part * a_scale
         if W_BLOCKED:
             part = part * tl.load(w_scale_rows + k0 // BLOCK_K, mask=col_ok, other=0.0)[None, :]
         acc += part
+        if EPILOGUE == 1:
+            w_up = tl.load(w_up_rows + k[None, :], mask=col_ok[:, None] & k_ok, other=0.0)
+            part_up = tl.dot(a, tl.trans(w_up))
+            if A_GROUPED:
+                part_up = part_up * a_scale
+            if W_BLOCKED:
+                part_up = part_up * tl.load(w_up_scale_rows + k0 // BLOCK_K, mask=col_ok, other=0.0)[None, :]
+            acc_up += part_up
     if not A_GROUPED:
-        acc = acc * tl.load(a_scale_ptr + rows, mask=row_ok, other=0.0)[:, None]
+        a_scale = tl.load(a_scale_ptr + rows, mask=row_ok, other=0.0)[:, None]
+        acc = acc * a_scale
+        acc_up = acc_up * a_scale
     if not W_BLOCKED:
         acc = acc * tl.load(w_scale_ptr + cols, mask=col_ok, other=0.0)[None, :]
-    inside = row_ok[:, None] & col_ok[None, :]
-    if SPLIT:  # float32 partials [splits, M, N]; out_ptr is the partial buffer
-        offsets = tl.program_id(2).to(tl.int64) * split_stride + rows.to(tl.int64)[:, None] * N + cols[None, :]
-        tl.store(out_ptr + offsets, acc, mask=inside)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + rows.to(tl.int64)[:, None] * out_row_stride + cols[None, :],
-                 acc.to(out_ptr.dtype.element_ty), mask=inside)
+        if EPILOGUE == 1:
+            acc_up = acc_up * tl.load(w_scale_ptr + up_cols, mask=col_ok, other=0.0)[None, :]
+    gemm_store(acc, acc_up, rows, cols, M, N, partial_ptr, partial_width, split_stride, bias_ptr, out_ptr,
+               out_row_stride, gate_ptr, gate_row_stride, HAS_BIAS, EPILOGUE, SPLIT)
 
 
 def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, weight: torch.Tensor, w_scales: torch.Tensor,
              bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16, out: torch.Tensor | None = None,
-             split_k: int | None = None) -> torch.Tensor:
-    """``(a · a_scales) @ (weight · w_scales)ᵀ + bias`` -> ``[M, N]`` in ``out_dtype`` (or into ``out``). Scale
-    granularity is read from the shapes: ``a_scales`` ``[M]`` or ``[M, ceil(K/128)]``, ``w_scales`` ``[N]`` or
-    ``[ceil(N/128), ceil(K/128)]``. ``split_k`` forces the number of K ranges (None: the tile rule's choice)."""
+             split_k: int | None = None, *, epilogue: str = "bias", gate: torch.Tensor | None = None) -> torch.Tensor:
+    """``(a · a_scales) @ (weight · w_scales)ᵀ + bias`` -> ``[M, N]`` in ``out_dtype`` (or into ``out``), then the
+    epilogue (``_gemm_epilogue``: ``"swiglu"``: weight ``[2H, K]`` -> ``[M, H]``; ``"gated_residual"``:
+    ``out = x_res + gate·(...)`` in place into ``out``). Scale granularity is read from the shapes: ``a_scales``
+    ``[M]`` or ``[M, ceil(K/128)]``, ``w_scales`` ``[N]`` or ``[ceil(N/128), ceil(K/128)]``. ``split_k`` forces the
+    number of K ranges (None: the tile rule's choice)."""
     check_tensor(KERNEL, "a", a, shape=(None, None), dtype=FP8_DTYPE, contiguous=False)
     m, k = a.shape
     device = a.device
@@ -96,27 +109,10 @@ def fp8_gemm(a: torch.Tensor, a_scales: torch.Tensor, weight: torch.Tensor, w_sc
     if tuple(w_scales.shape) not in ((n,), (triton.cdiv(n, BLOCK), groups)):
         raise ValueError(f"{KERNEL}: w_scales has shape {list(w_scales.shape)}, expected [{n}] (per output channel) "
                          f"or [{triton.cdiv(n, BLOCK)}, {groups}] (per {BLOCK}x{BLOCK} block)")
-    if bias is not None:
-        check_tensor(KERNEL, "bias", bias, shape=(n,), dtype=BIAS_DTYPES, device=device)
-    if out is None:
-        if out_dtype not in OUT_DTYPES:
-            raise ValueError(f"{KERNEL}: out_dtype must be one of {OUT_DTYPES}, found {out_dtype}")
-        out = torch.empty((m, n), dtype=out_dtype, device=device)
-    else:
-        check_tensor(KERNEL, "out", out, shape=(m, n), dtype=OUT_DTYPES, device=device, contiguous=False)
-        check_rows(KERNEL, "out", out, (m, n), out.dtype, device)
-    if m == 0 or n == 0:
-        return out
-    if k == 0:
-        return out.copy_(bias.expand(m, n) if bias is not None else torch.zeros_like(out))
-    tiles = gemm_tiles(m, n, k, block_k=BLOCK, x_bytes=1, w_bytes=1, device=device, splits=split_k, kernel=KERNEL)
-    split = tiles.splits > 1
-    target = torch.empty((tiles.splits, m, n), dtype=torch.float32, device=device) if split else out
-    _fp8_gemm_kernel[tiles.grid(m, n)](
-        a, a_scales, weight, w_scales, bias if bias is not None else w_scales, target, m, n, k, a.stride(0),
-        out.stride(0), tiles.k_per_split, m * n, groups, A_GROUPED=a_scales.ndim == 2, W_BLOCKED=w_scales.ndim == 2,
-        HAS_BIAS=bias is not None, SPLIT=split, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages)
-    if split:
-        split_k_reduce(target, bias, out)
-    return out
+    call = prepare_gemm(KERNEL, m=m, n_weight=n, k=k, device=device, bias=bias, bias_dtypes=BIAS_DTYPES, out=out,
+                        out_dtype=out_dtype, epilogue=epilogue, gate=gate, split_k=split_k, block_k=BLOCK,
+                        x_bytes=1, w_bytes=1)
+    if call.launch:
+        _fp8_gemm_kernel[call.grid](a, a_scales, weight, w_scales, a.stride(0), groups, *call.args,
+                                    A_GROUPED=a_scales.ndim == 2, W_BLOCKED=w_scales.ndim == 2, **call.meta)
+    return call.finish()

@@ -9,9 +9,10 @@ may be strided).
 In registers: each ``[BLOCK_N, BLOCK_K]`` int8 weight tile is loaded (one byte per weight, half of bf16's traffic),
 converted to x's dtype (exact: |code| <= 127 fits bf16's 8 significant bits), and fed to a tensor-core dot with
 float32 accumulation (float32 x: IEEE float32 products, no TF32). The per-channel scale factors out of the K sum and
-is applied once per output in float32 after the loop, then the bias, then one rounding to the output dtype. Tiles
-and split-K by ``_gemm_tiles.gemm_tiles`` (split ranges each scale their partial sums; ``_split_k`` adds them and
-the bias in a fixed order). No atomics: the same bits every run.
+is applied once per output in float32 after the loop, then the epilogue (``_gemm_epilogue``: bias, SwiGLU with a
+second accumulator over the up rows, or the gated residual), then one rounding to the output dtype. Tiles, split-K
+and the shared checks by ``_gemm_launch`` (split ranges each scale their partial sums; ``_split_k`` adds them in a
+fixed order and runs the epilogue). No atomics: the same bits every run.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import triton
 import triton.language as tl
 
 from bitdance_rt.ops.argument_checks import check_rows, check_tensor
-from bitdance_rt.kernels._gemm_tiles import gemm_tiles
-from bitdance_rt.kernels._split_k import split_k_reduce
+from bitdance_rt.kernels._gemm_epilogue import gemm_store
+from bitdance_rt.kernels._gemm_launch import prepare_gemm
 from bitdance_rt.quantization.reference_linear import int8_weight_gemm_reference
 
 REFERENCE = int8_weight_gemm_reference
@@ -31,8 +32,9 @@ X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
-def _int8_weight_gemm_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, x_row_stride, out_row_stride,
-                             k_per_split, split_stride, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+def _int8_weight_gemm_kernel(x_ptr, w_ptr, scale_ptr, x_row_stride, partial_ptr, bias_ptr, out_ptr, gate_ptr, M, N, K,
+                             out_row_stride, gate_row_stride, k_per_split, partial_width, split_stride,
+                             HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, SPLIT: tl.constexpr,
                              DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                              BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -42,30 +44,33 @@ def _int8_weight_gemm_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K
     row_ok, col_ok = rows < M, cols < N
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * x_row_stride
     w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
+    w_up_rows = w_ptr + (cols.to(tl.int64) + N)[:, None] * K  # SwiGLU: the up rows [N, 2N)
     ks = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         k = k0 + ks
         k_ok = (k < k_end)[None, :]
         x = tl.load(x_rows + k[None, :], mask=row_ok[:, None] & k_ok, other=0.0)
         w = tl.load(w_rows + k[None, :], mask=col_ok[:, None] & k_ok, other=0)
         acc = tl.dot(x, tl.trans(w.to(x_ptr.dtype.element_ty)), acc, input_precision=DOT_PRECISION)
+        if EPILOGUE == 1:
+            w_up = tl.load(w_up_rows + k[None, :], mask=col_ok[:, None] & k_ok, other=0)
+            acc_up = tl.dot(x, tl.trans(w_up.to(x_ptr.dtype.element_ty)), acc_up, input_precision=DOT_PRECISION)
     acc = acc * tl.load(scale_ptr + cols, mask=col_ok, other=0.0)[None, :]
-    inside = row_ok[:, None] & col_ok[None, :]
-    if SPLIT:  # float32 partials [splits, M, N]; out_ptr is the partial buffer
-        offsets = tl.program_id(2).to(tl.int64) * split_stride + rows.to(tl.int64)[:, None] * N + cols[None, :]
-        tl.store(out_ptr + offsets, acc, mask=inside)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + rows.to(tl.int64)[:, None] * out_row_stride + cols[None, :],
-                 acc.to(out_ptr.dtype.element_ty), mask=inside)
+    if EPILOGUE == 1:
+        acc_up = acc_up * tl.load(scale_ptr + N + cols, mask=col_ok, other=0.0)[None, :]
+    gemm_store(acc, acc_up, rows, cols, M, N, partial_ptr, partial_width, split_stride, bias_ptr, out_ptr,
+               out_row_stride, gate_ptr, gate_row_stride, HAS_BIAS, EPILOGUE, SPLIT)
 
 
 def int8_weight_gemm(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
-                     out: torch.Tensor | None = None, split_k: int | None = None) -> torch.Tensor:
-    """``x [M, K] @ (weight [N, K] int8 · scales [N])ᵀ + bias`` -> ``[M, N]`` in x's dtype (or into ``out``).
-    ``split_k`` forces the number of K ranges (None: the tile rule's choice)."""
+                     out: torch.Tensor | None = None, split_k: int | None = None, *, epilogue: str = "bias",
+                     gate: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [M, K] @ (weight [N, K] int8 · scales [N])ᵀ + bias`` -> ``[M, N]`` in x's dtype (or into ``out``), then
+    the epilogue (``_gemm_epilogue``: ``"swiglu"``: weight ``[2H, K]`` -> ``[M, H]``; ``"gated_residual"``:
+    ``out = x_res + gate·(...)`` in place into ``out``). ``split_k`` forces the number of K ranges (None: the tile
+    rule's choice)."""
     check_tensor(KERNEL, "x", x, shape=(None, None), dtype=X_DTYPES, contiguous=False)
     m, k = x.shape
     device = x.device
@@ -73,27 +78,12 @@ def int8_weight_gemm(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor
     check_tensor(KERNEL, "weight", weight, shape=(None, k), dtype=torch.int8, device=device)
     n = weight.shape[0]
     check_tensor(KERNEL, "scales", scales, shape=(n,), dtype=torch.float32, device=device)
-    if bias is not None:
-        check_tensor(KERNEL, "bias", bias, shape=(n,), dtype=X_DTYPES, device=device)
-    if out is None:
-        out = torch.empty((m, n), dtype=x.dtype, device=device)
-    else:
-        check_tensor(KERNEL, "out", out, shape=(m, n), dtype=X_DTYPES, device=device, contiguous=False)
-        check_rows(KERNEL, "out", out, (m, n), out.dtype, device)
-    if m == 0 or n == 0:
-        return out
-    if k == 0:
-        return out.copy_(bias.expand(m, n) if bias is not None else torch.zeros_like(out))
     wide = x.dtype == torch.float32  # IEEE float32 dot on the FMA units: smaller tiles
-    tiles = gemm_tiles(m, n, k, block_k=32 if wide else 128, x_bytes=x.element_size(), w_bytes=1, device=device,
-                       splits=split_k, max_block=64 if wide else 128, kernel=KERNEL)
-    split = tiles.splits > 1
-    target = torch.empty((tiles.splits, m, n), dtype=torch.float32, device=device) if split else out
-    _int8_weight_gemm_kernel[tiles.grid(m, n)](
-        x, weight, scales, bias if bias is not None else scales, target, m, n, k, x.stride(0), out.stride(0),
-        tiles.k_per_split, m * n, HAS_BIAS=bias is not None, SPLIT=split,
-        DOT_PRECISION="ieee" if wide else None, BLOCK_M=tiles.block_m,
-        BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
-    if split:
-        split_k_reduce(target, bias, out)
-    return out
+    call = prepare_gemm(KERNEL, m=m, n_weight=n, k=k, device=device, bias=bias, bias_dtypes=X_DTYPES, out=out,
+                        out_dtype=x.dtype, epilogue=epilogue, gate=gate, split_k=split_k,
+                        block_k=32 if wide else 128, x_bytes=x.element_size(), w_bytes=1,
+                        max_block=64 if wide else 128)
+    if call.launch:
+        _int8_weight_gemm_kernel[call.grid](x, weight, scales, x.stride(0), *call.args,
+                                            DOT_PRECISION="ieee" if wide else None, **call.meta)
+    return call.finish()

@@ -86,7 +86,7 @@ class Scheduler:
                 "max_batch.")
         slots = self.slots_for(spec)
         reserve = self.runner.batch_bytes(spec, slots, placement.max_len)
-        transient = self.runner.join_bytes(spec, placement.prompt_len)
+        transient = self.runner.join_bytes(spec, slots, placement.max_len)
         if self.memory_budget is not None and reserve + transient > self.memory_budget:
             raise InvalidRequestError(
                 f"this request can never fit the memory budget: its batch of {slots} slots "

@@ -4,9 +4,11 @@
 Per layer: ``rmsnorm_residual`` (the family's rounding style) -> one GEMM for q/k/v -> the pre-attention append
 (``qk_norm_rope_append``: q/k RMSNorm and rotate-half RoPE, or ``rope_append_interleaved``: interleaved RoPE; K/V
 written into the cache at each row's length) -> ``attend(layer, q)`` (prefill or decode attention, chosen by the
-caller) -> the output projection -> ``rmsnorm_residual`` -> one GEMM for gate/up -> ``swiglu`` -> the down projection.
-Every GEMM goes through ``linear.linear``: ``F.linear`` for float weights, the ``quantized_linear`` operation for 8-bit
-ones. An input RMSNorm (class-conditional ``emb_norm``) runs first when the family has one; the final norm closes.
+caller) -> the output projection -> ``rmsnorm_residual`` -> one GEMM for gate/up with SwiGLU
+(``linear.linear_swiglu``: fused into our GEMM's epilogue for 8-bit weights, and for float weights where
+``ops.gemm_choice`` picks ours) -> the down projection. Every other GEMM goes through ``linear.linear``. The residual
+adds stay in ``rmsnorm_residual`` (ungated: nothing to fuse into the down/output projections). An input RMSNorm
+(class-conditional ``emb_norm``) runs first when the family has one; the final norm closes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from ..families.backbone_layout import BackboneLayout
 from ..ops import OpSet
-from .linear import linear
+from .linear import linear, linear_swiglu
 from .static_cache import StaticKVCache
 
 Attend = Callable[[int, torch.Tensor], torch.Tensor]
@@ -46,6 +48,6 @@ def run_layers(ops: OpSet, layout: BackboneLayout, x: torch.Tensor, cache: Stati
         out = attend(i, q).transpose(1, 2).reshape(b * t, hq * d)
         h = linear(ops, out, w.out, w.out_bias)
         y, residual = ops.rmsnorm_residual(h, residual, w.ffn_norm, eps, style=style)
-        h = linear(ops, ops.swiglu(linear(ops, y, w.gate_up)), w.down)
+        h = linear(ops, linear_swiglu(ops, y, w.gate_up), w.down)
     y, _ = ops.rmsnorm_residual(h, residual, layout.final_norm, eps, style=style)
     return y.view(b, t, width)

@@ -9,8 +9,10 @@ Work hoisted out of the loop:
 Per sampling step (``sampling_step``): the condition ``silu(cond_embed + time_embed)`` in one kernel
 (``time_condition``); ``input_projection``: the float32 sample cast, projected C -> D and stored once per guidance
 half, in one kernel (both halves see the same x); the adaLN GEMM; the blocks through ``layernorm_modulate`` /
-``patch_attention`` / ``gated_residual`` / ``swiglu`` with ``linear.linear`` for the GEMMs (F.linear, or the
-``quantized_linear`` operation for 8-bit weights); then ``final_layer_step``: the final layer (affine-free
+``patch_attention`` and the GEMMs of ``engine/linear.py``: ``linear``, ``linear_swiglu`` (w1) and
+``linear_gated_residual`` (``attn.wo``, w2), whose SwiGLU and gated residual run in our GEMM's epilogue for 8-bit
+weights and where ``ops.gemm_choice`` picks ours for float ones, else as the ``swiglu`` / ``gated_residual`` kernels
+after cuBLAS; then ``final_layer_step``: the final layer (affine-free
 LayerNorm, modulation, linear D -> C, ``2·sigmoid − 1`` for sigmoid-output models) for the conditional and
 unconditional rows of every patch element and the sampler step (velocity, guidance, score, drift, noise) in one
 kernel that writes the new sample. The last step is ``final_layer`` (one kernel, the prediction) then
@@ -38,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import OpSet
-from .linear import linear, weight_and_bias
+from .linear import linear, linear_gated_residual, linear_swiglu, weight_and_bias
 from ..reference.diffusion_head import LN_EPS, DiffusionHead
 from ..reference.sampler import LAST_STEP_SIZE, running_times, step_times
 
@@ -115,8 +117,7 @@ class FusedHead:
             else:
                 scale, shift, gate = mod
                 h = self.ops.layernorm_modulate(x, scale, shift, blk.norm.weight, blk.norm.bias, LN_EPS)
-                h = self._linear(self.ops.swiglu(self._linear(h, lin["w1"])), lin["w2"])
-                x = self.ops.gated_residual(x, h, gate, out=x)
+                x = linear_gated_residual(self.ops, x, linear_swiglu(self.ops, h, *lin["w1"]), *lin["w2"], gate)
         return x, final_mods
 
     def forward(self, x_half: torch.Tensor, y: torch.Tensor, mult: int) -> torch.Tensor:
@@ -164,13 +165,11 @@ class FusedHead:
         h = self.ops.layernorm_modulate(x, scale1, shift1, blk.norm1.weight, blk.norm1.bias, LN_EPS)
         qkv = self._linear(h, lin["attn.wqkv"]).reshape(rows, p, 3 * cfg.width)
         att = self.ops.patch_attention(qkv, cfg.attn_head_dim).reshape(rows * p, cfg.width)
-        x = self.ops.gated_residual(x, self._linear(att, lin["attn.wo"]), gate1, out=x)
+        x = linear_gated_residual(self.ops, x, att, *lin["attn.wo"], gate1)
         h = self.ops.layernorm_modulate(x, scale2, shift2, blk.norm2.weight, blk.norm2.bias, LN_EPS)
         if cfg.use_swiglu:
-            h = self._linear(self.ops.swiglu(self._linear(h, lin["w1"])), lin["w2"])
-        else:
-            h = self._linear(F.silu(self._linear(h, lin["mlp.0"])), lin["mlp.2"])
-        return self.ops.gated_residual(x, h, gate2, out=x)
+            return linear_gated_residual(self.ops, x, linear_swiglu(self.ops, h, *lin["w1"]), *lin["w2"], gate2)
+        return linear_gated_residual(self.ops, x, F.silu(self._linear(h, lin["mlp.0"])), *lin["mlp.2"], gate2)
 
     def sample(self, cond: torch.Tensor, noise: torch.Tensor, cfg_scale: float | torch.Tensor, guided: bool,
                times: StepTimes) -> torch.Tensor:

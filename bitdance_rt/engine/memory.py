@@ -4,13 +4,18 @@ dominate (the KV cache, the batch's static buffers, the activations of the large
 rounding and small temporaries.
 
 - ``batch_bytes``: the KV cache (rows × positions × layers × 2 × KV heads × head dim × element size), the static
-  buffers of ``SlotBatch`` (``SlotBatch.buffer_bytes``, the same count its ``nbytes`` reports) and the activations of one AR step over all rows (backbone: q/k/v, attention output,
-  gate/up, a few hidden-sized tensors per token; head: about a dozen float32 head-width tensors per token; with the
-  PyTorch attention provider, the dense float32 score matrices).
+  buffers of ``SlotBatch`` (``SlotBatch.buffer_bytes``, the same count its ``nbytes`` reports) and the activations
+  of one AR step over all rows (backbone: q/k/v, attention output, gate/up, a few hidden-sized tensors per token;
+  head: about a dozen float32 head-width tensors per token; with the PyTorch attention provider, the dense float32
+  score matrices).
   With fp8 weights (W8A8) the activations also get their e4m3 codes and per-token scales before each GEMM (one
   byte per element of the widest GEMM input, the FFN's); int8 weights are weight-only and add nothing there.
-- ``join_bytes``: the joining request's prefill activations (its rows × prompt length, dense scores with the
-  PyTorch provider) plus decoding its images (a few full-resolution feature maps of the decoder's widest top level).
+  A family with leading unguided AR steps (the class-conditional step 0) keeps its join scratch with the batch
+  (``join_scratch_bytes``: the graphs of those steps are built on it once per batch).
+- ``join_bytes``: what a join needs for a moment, the larger of: the prefill pass, which always computes the
+  batch's fixed shape (all its rows × the group's prefill length, dense scores with the PyTorch provider), plus the
+  join scratch when it is not kept with the batch; and decoding the request's images (a few full-resolution feature
+  maps of the decoder's widest top level).
 - ``peak_bytes``: what the device holds at the peak of serving one request alone: the weights as held on the device
   (``weights_bytes``: 8-bit codes and their scales when quantized), its batch and its join.
 
@@ -72,18 +77,38 @@ class ModelDims:
         return tokens * (per_token * self.element_bytes + scores + fp8_codes)
 
 
-def batch_bytes(d: ModelDims, slots: int, mult: int, max_len: int, num_steps: int) -> int:
+def join_scratch_bytes(d: ModelDims, rows: int, length: int, leading: int) -> int:
+    """The static tensors of a batch's joins (``Engine._join_state``), for ``rows`` prefill rows of ``length``
+    positions and ``leading`` unguided AR steps: a scratch KV cache of ``length + leading·P`` positions (and its
+    int32 lengths), the hidden states ``[rows, P, W]``, the noise keys (int64 seed, int32 row per row) and the leading
+    steps' tokens ``[leading, rows, P, C]``."""
+    cache = rows * (length + leading * d.patch) * d.kv_bytes_per_position() + rows * 4
+    hidden = rows * d.patch * d.width * d.element_bytes
+    keys = rows * (8 + 4)
+    tokens = leading * rows * d.patch * d.channels * d.token_bytes
+    return cache + hidden + keys + tokens
+
+
+def batch_bytes(d: ModelDims, slots: int, mult: int, max_len: int, num_steps: int, join_length: int = 0,
+                leading: int = 0) -> int:
+    """A batch's cache, static buffers and one AR step's activations; with ``leading`` unguided AR steps also its
+    kept join scratch (``join_length``: the group's prefill length)."""
     rows = slots * mult
     cache = rows * max_len * d.kv_bytes_per_position()
     buffers = SlotBatch.buffer_bytes(slots, mult, d.patch, d.width, d.channels, d.element_bytes, d.token_bytes)
     tokens = rows * d.patch
     step = max(d.backbone_activations(tokens, max_len), tokens * HEAD_TENSORS_PER_TOKEN * d.head_width * FLOAT32)
-    return cache + buffers + step
+    kept = join_scratch_bytes(d, rows, join_length, leading) if leading else 0
+    return cache + buffers + step + kept
 
 
-def join_bytes(d: ModelDims, rows: int, prompt_len: int, images: int, height: int, width: int,
+def join_bytes(d: ModelDims, rows: int, length: int, leading: int, images: int, height: int, width: int,
                decodes: bool) -> int:
-    prefill = d.backbone_activations(rows * prompt_len, prompt_len)
+    """A join's moment: the prefill of the batch's ``rows`` rows padded to ``length`` (plus the join scratch when
+    it is made per join: no ``leading`` steps), or decoding ``images`` images of ``height × width``, the larger."""
+    prefill = d.backbone_activations(rows * length, length)
+    if not leading:
+        prefill += join_scratch_bytes(d, rows, length, 0)
     decode = images * height * width * d.decoder_width * FLOAT32 * DECODER_LIVE_MAPS if decodes else 0
     return max(prefill, decode)
 

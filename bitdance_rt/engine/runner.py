@@ -69,11 +69,15 @@ class HostStaging:
         self.scales = torch.ones(slots, dtype=torch.float32, pin_memory=pin)
         self._event = torch.cuda.Event() if pin else None
 
-    def write(self, steps: list[int], scales: list[float]) -> None:
+    def begin(self):
+        """The host buffers as NumPy arrays ``(steps int32 [slots], scales float32 [slots])``, reset to step 0 and
+        scale 1, once the previous round's copies have read them."""
         if self._event is not None:
             self._event.synchronize()
-        self.steps.numpy()[:] = steps
-        self.scales.numpy()[:] = scales
+        steps, scales = self.steps.numpy(), self.scales.numpy()
+        steps.fill(0)
+        scales.fill(1.0)
+        return steps, scales
 
     def send(self, steps: torch.Tensor, scales: torch.Tensor) -> None:
         steps.copy_(self.steps, non_blocking=True)
@@ -101,13 +105,17 @@ class ModelRunner:
         return self.family.leading_unguided_steps(spec.guidance, spec.num_ar)
 
     def batch_bytes(self, spec, slots: int, max_len: int) -> int:
-        """The memory a batch of ``slots`` slots for ``spec``'s group holds while it exists."""
-        return batch_bytes(self.dims, slots, 2 if spec.guided else 1, max_len, spec.num_steps)
+        """The memory a batch of ``slots`` slots for ``spec``'s group holds while it exists (with the join scratch
+        it keeps when the family has leading unguided AR steps)."""
+        return batch_bytes(self.dims, slots, 2 if spec.guided else 1, max_len, spec.num_steps,
+                           self.family.prefill_length(max_len, spec.num_ar), self.leading_unguided_steps(spec))
 
-    def join_bytes(self, spec, prompt_len: int) -> int:
-        """The memory ``spec`` needs for a moment when it joins (its prefill) and leaves (decoding its images)."""
-        return join_bytes(self.dims, spec.rows, prompt_len, spec.num_images, spec.height, spec.width,
-                          spec.output_type != "tokens")
+    def join_bytes(self, spec, slots: int, max_len: int) -> int:
+        """The memory ``spec`` needs for a moment when it joins a batch of ``slots`` slots (the prefill of the
+        batch's fixed shape) and when it leaves (decoding its images)."""
+        rows, length = slots * (2 if spec.guided else 1), self.family.prefill_length(max_len, spec.num_ar)
+        return join_bytes(self.dims, rows, length, self.leading_unguided_steps(spec), spec.num_images, spec.height,
+                          spec.width, spec.output_type != "tokens")
 
     # ---------------------------------------------------------------- batches
     def _batch(self, key: tuple, slots: int, max_len: int, spec) -> _Batch:
@@ -185,16 +193,14 @@ class ModelRunner:
         number of active requests."""
         b = self._batches[key]
         batch = b.slot_batch
-        slot_steps = [0] * batch.slots
-        scales = [1.0] * batch.slots
+        slot_steps, scales = b.staging.begin()
         leaving: list[int] = []
-        for a in active:
+        for a in active:  # one span write per request, straight into the (pinned) host buffers
             span = slice(a.first_slot, a.first_slot + a.images)
-            slot_steps[span] = [a.ar_step] * a.images
-            scales[span] = [self.family.guidance_at(a.spec.guidance, a.ar_step, a.spec.num_ar)] * a.images
+            slot_steps[span] = a.ar_step
+            scales[span] = self.family.guidance_at(a.spec.guidance, a.ar_step, a.spec.num_ar)
             if a.ar_step + 1 == a.spec.num_ar:
                 leaving.extend(range(a.first_slot * batch.mult, (a.first_slot + a.images) * batch.mult))
-        b.staging.write(slot_steps, scales)
         b.staging.send(batch.ar_steps, batch.cfg)
         torch.index_select(b.positions, 0, batch.ar_steps.repeat_interleave(batch.mult), out=batch.pos)
         step = self.engine.ar_step(batch, slots)

@@ -98,7 +98,7 @@ class ClassConditional(Family):
         cfg = self.config
         max_len = cfg.num_prefix + cfg.num_tokens
         key = (self.key, spec.grid, spec.parallel, spec.num_steps, spec.guided, max_len)
-        return Placement(self.cache_rows(spec), cfg.num_prefix, key, max_len)
+        return Placement(self.cache_rows(spec), key, max_len)
 
     # ------------------------------------------------------------------ running
     def reference_tokens(self, specs, generator, progress):

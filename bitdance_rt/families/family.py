@@ -23,10 +23,9 @@ ProgressFn = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Placement:
-    """How a request is batched: its cache rows (token ids or class ids, slot order), its longest row, the key of
-    the group it batches with and that group's cache length."""
+    """How a request is batched: its cache rows (token ids or class ids, slot order), the key of the group it
+    batches with and that group's cache length."""
     rows: list
-    prompt_len: int
     key: tuple
     max_len: int
 

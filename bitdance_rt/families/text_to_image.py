@@ -98,7 +98,7 @@ class TextToImage(Family):
                 f"{MAX_POSITIONS}; shorten the prompt.", param="prompt")
         max_len = _round_up(max(longest, PROMPT_POSITIONS) + (spec.num_ar - 1) * spec.parallel, CACHE_LEN_QUANTUM)
         key = (self.key, spec.grid, spec.parallel, spec.num_steps, spec.guided, max_len)
-        return Placement(rows, longest, key, max_len)
+        return Placement(rows, key, max_len)
 
     # ------------------------------------------------------------------ running
     def reference_tokens(self, specs, generator, progress):

@@ -50,7 +50,8 @@ def failure(job: Job) -> ApiError:
     where = f"at AR step {step} of {total}"
     if job.status == "failed":
         return ApiError(500, f"generation of request {job.id} failed {where}; the server log has the cause under "
-                        "this request id. Other requests are not affected; retrying may succeed.",
+                        "this request id (a failed step fails the requests batched with it); the server goes on "
+                        "serving, and retrying may succeed.",
                         code="generation_failed")
     reason = job.cancel_reason
     if reason == "deadline":

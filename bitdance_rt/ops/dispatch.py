@@ -32,6 +32,9 @@ _TRITON = {
     "sampler_final": "kernels.sampler_step", "sign_quantize": "kernels.token_packing",
     "pack_signs": "kernels.token_packing", "unpack_signs": "kernels.token_packing",
     "quantized_linear": "quantization.fast_linear",  # int8 / fp8 GEMM kernels (and the fp8 activation quantizer)
+    # our GEMMs with fused epilogues, float or 8-bit weights (float: used where ops.gemm_choice says so)
+    "float_linear": "ops.triton_linear", "linear_swiglu": "ops.triton_linear",
+    "linear_gated_residual": "ops.triton_linear",
 }
 # operation -> (module, function) of the CUDA provider, and whether the "cuda" chain prefers it over Triton. Only
 # operations measured faster than their Triton version inside a CUDA graph (as the engine runs them) are preferred;
@@ -98,10 +101,15 @@ def _lookup(provider: str, name: str, forced: bool = False) -> Callable | None:
 
 
 class OpSet:
-    """Every engine operation resolved for one device and chain; ``ops.<name>`` is the chosen function."""
+    """Every engine operation resolved for one device and chain; ``ops.<name>`` is the chosen function.
+    ``float_gemm``: how the engine's float-weight GEMMs choose between our Triton GEMM (with fused epilogues) and
+    cuBLAS: ``"measured"`` (the benchmark's table, ``ops/gemm_choice.py``), ``"ours"`` or ``"cublas"``."""
 
     def __init__(self, device: torch.device | str, chain: str | tuple[str, ...] = "triton",
-                 overrides: dict[str, str] | None = None):
+                 overrides: dict[str, str] | None = None, float_gemm: str = "measured"):
+        from .gemm_choice import check_mode
+
+        self.float_gemm = check_mode(float_gemm)  # float weights: ours or cuBLAS (ops/gemm_choice.py)
         device = torch.device(device)
         order = CHAINS[chain] if isinstance(chain, str) else tuple(chain)
         unknown = [p for p in order if p not in PROVIDERS] + [p for p in (overrides or {}).values()

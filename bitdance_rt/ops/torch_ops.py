@@ -163,3 +163,23 @@ def quantized_linear(x: torch.Tensor, qw, bias: torch.Tensor | None = None, *, a
     int8 weights are weight-only whatever ``act_quant`` says; fp8 weights quantize the activations per token
     (``"token"``) or per 1x128 group (``"group"``)."""
     return quantized_linear_reference(x, qw, bias, None if qw.fmt == "int8" else act_quant)
+
+
+def _linear_ref(x, w, b, act_quant):
+    if isinstance(w, torch.Tensor):
+        return torch.nn.functional.linear(x, w, b)
+    return quantized_linear(x, w, b, act_quant=act_quant)
+
+
+def float_linear(x, w, b=None, *, split_k=None):
+    return torch.nn.functional.linear(x, w, b)
+
+
+def linear_swiglu(x, w, b=None, *, act_quant="token", split_k=None):
+    """``swiglu_ref`` of the layer (float or 8-bit weight ``[2H, K]``: gate rows, then up rows)."""
+    return swiglu_ref(_linear_ref(x, w, b, act_quant))
+
+
+def linear_gated_residual(x, h, w, b, gate, *, act_quant="token", split_k=None):
+    """``x += gate·layer(h)`` in place (``gated_residual_ref``), returns x."""
+    return x.copy_(gated_residual_ref(x, _linear_ref(h, w, b, act_quant), gate).to(x.dtype))

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from bitdance_rt import InvalidRequestError
+from bitdance_rt import ImageRequest, InvalidRequestError
 from bitdance_rt.batching.limits import parse_memory_budget
-from bitdance_rt.engine.memory import ModelDims, batch_bytes, join_bytes
+from bitdance_rt.request import resolve_request
 
 from batching_helpers import C2I, c2i_runtime, run_until_done, steps
 
@@ -19,10 +19,10 @@ GUIDED_ONE_STEP = dict(guidance_scale=3.0, **C2I)
 
 def _needs(rt, slots: int, num_steps: int) -> tuple[int, int]:
     """(bytes of a guided batch of ``slots`` slots, bytes of joining one image to it)."""
-    runner = rt.runner
-    cfg, dims = rt.family.config, ModelDims.of(runner.engine, rt.family)
-    return (batch_bytes(dims, slots, 2, cfg.num_prefix + cfg.num_tokens, num_steps),
-            join_bytes(dims, 2, cfg.num_prefix, 1, 256, 256, decodes=False))
+    spec = resolve_request(ImageRequest(class_label=3, **{**GUIDED_ONE_STEP, "num_sampling_steps": num_steps}),
+                           rt.family)
+    max_len = rt.runner.placement(spec).max_len
+    return rt.runner.batch_bytes(spec, slots, max_len), rt.runner.join_bytes(spec, slots, max_len)
 
 
 def test_a_request_that_can_never_fit_is_refused_with_the_reason(c2i16_files, single_thread):
@@ -31,9 +31,8 @@ def test_a_request_that_can_never_fit_is_refused_with_the_reason(c2i16_files, si
         rt.submit(class_label=3, **GUIDED_ONE_STEP)
     message = str(info.value)
     assert "can never fit the memory budget" in message
-    # the class-conditional FFN width is now counted as F (it was 2F, the fused gate/up's rows): the join of the
-    # tiny model is under 1 MiB, so its figure is in KiB
-    assert re.search(r"needs [0-9.]+ MiB and joining it [0-9.]+ KiB more, [0-9.]+ MiB in all; the budget is "
+    # the join prefills the batch's whole fixed shape (2 slots of 2 rows), a figure in MiB for the tiny model
+    assert re.search(r"needs [0-9.]+ MiB and joining it [0-9.]+ MiB more, [0-9.]+ MiB in all; the budget is "
                      r"4\.0 KiB", message), message
     assert "Raise memory_budget" in message
     assert rt.stats()["queue_length"] == 0 and rt.stats()["memory_budget_bytes"] == 4096

@@ -1,7 +1,8 @@
 """The engine against the reference modules under teacher forcing, through the production path: the model runner's
 ``join`` and ``step`` (``engine/runner.py``: per-slot AR steps and guidance scales written into the batch, the head
 over the interleaved guidance rows, the feedback copy, ``lengths.mul_(live)``), for both families and both the
-Triton (through the interpreter on the CPU) and the PyTorch operation providers.
+Triton (through the interpreter on the CPU) and the PyTorch operation providers; the class-conditional case also with
+every float GEMM on our Triton ``float_gemm`` with the fused SwiGLU / gated-residual epilogues (``"triton-ours"``).
 
 Both sides get the same keyed noise (``reference/philox_noise.py``: image seed, AR step, row of the image, sample
 index) and the same token history: after each AR step the engine's fed-back tokens are replaced by the reference's
@@ -56,10 +57,14 @@ def keyed_replay(seeds: torch.Tensor, ar_step: int, rows: torch.Tensor, patch: i
 
 
 def engine_runtime(files, provider: str, quantization: str | None = None) -> Runtime:
-    """``provider="triton"``: the Triton engine; ``"torch"``: the reference backend's runner (PyTorch operations)."""
+    """``provider="triton"``: the Triton engine; ``"triton-ours"``: the same with every float GEMM on our Triton
+    ``float_gemm`` and its fused epilogues (SwiGLU, gated residual); ``"torch"``: the reference backend's runner
+    (PyTorch operations)."""
     path, tokenizer = files if isinstance(files, tuple) else (files, None)
-    backend = "triton" if provider == "triton" else "reference"
-    return Runtime.from_pretrained(path, tokenizer_path=tokenizer, quantization=quantization, **placement(backend))
+    backend = "triton" if provider.startswith("triton") else "reference"
+    float_gemm = "ours" if provider == "triton-ours" else "measured"
+    return Runtime.from_pretrained(path, tokenizer_path=tokenizer, quantization=quantization, float_gemm=float_gemm,
+                                   **placement(backend))
 
 
 class Tolerance:
@@ -159,7 +164,7 @@ def t2i_teacher_forced(t2i64_dir, provider: str, monkeypatch, quantization: str 
     assert batch.cache.lengths.tolist() == [len(r) + ar_steps * p for r in rows]
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", PROVIDERS + ["triton-ours"])
 def test_c2i_teacher_forced_through_the_runner(c2i16_files, provider, monkeypatch):
     c2i_teacher_forced(c2i16_files, provider, monkeypatch)
 

@@ -33,16 +33,16 @@ def test_sync_generation_returns_pngs_of_the_size(server):
     assert [im.size for im in images] == [(1024, 256)] * 3  # size is WIDTHxHEIGHT
     expected = np.random.default_rng(11).integers(0, 256, size=(3, 256, 1024, 3), dtype=np.uint8)
     assert np.array_equal(np.stack([np.asarray(im) for im in images]), expected), "PNG round trip lost pixels"
-    handle = server.runtime.submitted[-1]
-    assert handle.params["height"] == 256 and handle.params["width"] == 1024 and handle.params["num_images"] == 3
+    request = server.runtime.requests[-1]
+    assert request.height == 256 and request.width == 1024 and request.num_images == 3
 
 
 def test_defaults(server):
     resp = call(server, "POST", GENERATIONS, {"prompt": "a red fox"})
     assert resp.status == 200
     assert [decode_png(d["b64_json"]).size for d in resp.json()["data"]] == [(512, 512)]
-    params = server.runtime.submitted[-1].params
-    assert params["num_images"] == 1 and "seed" not in params and "num_sampling_steps" not in params
+    request = server.runtime.requests[-1]
+    assert request.num_images == 1 and request.seed is None and request.num_sampling_steps is None
 
 
 def _check_progress(events, total: int, every: int, max_side: int) -> None:

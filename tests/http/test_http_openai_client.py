@@ -45,7 +45,7 @@ def test_images_generate(client, server):
                                  model="bitdance-test", quality="high", user="tester", extra_body={"seed": 4})
     assert len(out.data) == 2 and out.output_format == "png" and out.size == "512x512"
     assert [_image(d.b64_json).size for d in out.data] == [(512, 512)] * 2
-    assert server.runtime.submitted[-1].params["seed"] == 4
+    assert server.runtime.requests[-1].seed == 4
 
 
 def test_images_generate_jpeg(client):

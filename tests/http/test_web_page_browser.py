@@ -85,10 +85,10 @@ def test_page_with_fake_runtime():
         shot, box, src = _drive_page(server, "a red fox in the snow", timeout=30, n=2, captions=captions,
                                      fields={"api_key": "page-key", "negative_prompt": "blurry", "guidance": 3.5,
                                              "seed": 5})
-        params = server.runtime.submitted[0].params
+        request = server.runtime.requests[0]
     _check(shot, box, src, (512, 512))
-    assert params["prompt"] == "a red fox in the snow" and params["negative_prompt"] == "blurry"
-    assert params["guidance_scale"] == 3.5 and params["num_images"] == 2 and params["seed"] == 5
+    assert request.prompt == "a red fox in the snow" and request.negative_prompt == "blurry"
+    assert request.guidance_scale == 3.5 and request.num_images == 2 and request.seed == 5
     assert captions == ["Result · seed 5", "seed 6"]  # image j of seed s has seed s + j
     expected = np.random.default_rng(5).integers(0, 256, size=(2, 512, 512, 3), dtype=np.uint8)[0]
     assert np.array_equal(np.asarray(_shown(src)), expected), "the page shows another image than the server made"

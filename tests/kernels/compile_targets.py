@@ -259,6 +259,39 @@ def _fp8_gemm(m: int, n: int, k: int, grouped: bool, blocked: bool, bias: bool =
              out_dtype=torch.bfloat16)
 
 
+def _gemm_epilogue_args(m: int, n: int, dtype: torch.dtype, epilogue: str) -> dict:
+    """The epilogue keywords of our GEMMs: the gated residual writes into the residual x, its gate a strided column
+    chunk of a wider adaLN output."""
+    if epilogue != "gated_residual":
+        return {"epilogue": epilogue}
+    return {"epilogue": epilogue, "out": _empty(m, n, dtype=dtype), "gate": _empty(m, 3 * n, dtype=dtype)[:, n:2 * n]}
+
+
+def _float_gemm(dtype: torch.dtype, m: int, n: int, k: int, bias: bool = False, epilogue: str = "bias",
+                split_k: int | None = None) -> None:
+    """``n``: the weight's rows (2H for SwiGLU). CPU tensors take one K range unless ``split_k`` forces more."""
+    from bitdance_rt.kernels.float_gemm import float_gemm
+    out_n = n // 2 if epilogue == "swiglu" else n
+    float_gemm(_empty(m, k, dtype=dtype), _empty(n, k, dtype=dtype), _empty(n, dtype=dtype) if bias else None,
+               split_k=split_k, **_gemm_epilogue_args(m, out_n, dtype, epilogue))
+
+
+def _int8_gemm_epilogue(m: int, n: int, k: int, epilogue: str) -> None:
+    from bitdance_rt.kernels.int8_weight_gemm import int8_weight_gemm
+    out_n = n // 2 if epilogue == "swiglu" else n
+    int8_weight_gemm(_empty(m, k, dtype=torch.bfloat16), _empty(n, k, dtype=torch.int8), _empty(n),
+                     _empty(n, dtype=torch.bfloat16), **_gemm_epilogue_args(m, out_n, torch.bfloat16, epilogue))
+
+
+def _fp8_gemm_epilogue(m: int, n: int, k: int, blocked: bool, epilogue: str) -> None:
+    from bitdance_rt.kernels.fp8_gemm import fp8_gemm
+    fp8, groups = torch.float8_e4m3fn, -(-k // 128)
+    out_n = n // 2 if epilogue == "swiglu" else n
+    fp8_gemm(_empty(m, k, dtype=fp8), _empty(m), _empty(n, k, dtype=fp8),
+             _empty(-(-n // 128), groups) if blocked else _empty(n), _empty(n, dtype=torch.bfloat16),
+             out_dtype=torch.bfloat16, **_gemm_epilogue_args(m, out_n, torch.bfloat16, epilogue))
+
+
 def _fp8_activation_quant(dtype: torch.dtype, m: int, k: int, group_size: int | None) -> None:
     from bitdance_rt.kernels.fp8_activation_quant import fp8_activation_quant
     fp8_activation_quant(_empty(m, k, dtype=dtype), group_size)
@@ -298,6 +331,7 @@ def _both_dtypes(name: str, launch: Callable[[torch.dtype], None], kernels: tupl
 DECODE, MERGE, PREFILL = ("_decode_kernel",), ("_merge_splits_kernel",), ("_prefill_kernel",)
 INT8_GEMM, FP8_GEMM, REDUCE = ("_int8_weight_gemm_kernel",), ("_fp8_gemm_kernel",), ("_split_k_reduce_kernel",)
 FP8_QUANT = ("_fp8_activation_quant_kernel",)
+FLOAT_GEMM = ("_float_gemm_kernel",)
 VARIANTS: tuple[Variant, ...] = (
     *_both_dtypes("rmsnorm_residual/t2i-hf-5120", _rmsnorm_t2i, ("_rmsnorm_residual_kernel",)),
     Variant("rmsnorm_residual/c2i-torch-no-residual-1280/bf16", lambda: _rmsnorm_c2i_first(torch.bfloat16),
@@ -363,6 +397,34 @@ VARIANTS: tuple[Variant, ...] = (
             lambda: _fp8_gemm(Q_BATCH_ROWS, T2I_HIDDEN, T2I_HEAD_SWIGLU, True, True, True), FP8_GEMM),
     Variant("fp8_gemm/M1024-token-channel-5120x17408",
             lambda: _fp8_gemm(Q_BATCH_ROWS, T2I_HIDDEN, Q_FFN, False, False), FP8_GEMM),
+    # our float GEMM and the fused epilogues of all three GEMMs (issue "batch throughput"): the 14B linears at
+    # 128 rows (split-K forced: CPU tensors take one K range by default) and 1,024 rows
+    Variant("float_gemm/M128-5120x5120-split3/bf16",
+            lambda: _float_gemm(torch.bfloat16, Q_DECODE_ROWS, T2I_HIDDEN, T2I_HIDDEN, split_k=3), FLOAT_GEMM + REDUCE),
+    Variant("float_gemm/M1024-5120x17408/bf16",
+            lambda: _float_gemm(torch.bfloat16, Q_BATCH_ROWS, T2I_HIDDEN, Q_FFN), FLOAT_GEMM),
+    Variant("float_gemm/M128-34816x5120-swiglu/bf16",
+            lambda: _float_gemm(torch.bfloat16, Q_DECODE_ROWS, 2 * Q_FFN, T2I_HIDDEN, epilogue="swiglu"),
+            FLOAT_GEMM),
+    Variant("float_gemm/M128-15360x5120-swiglu-bias-split2/bf16",
+            lambda: _float_gemm(torch.bfloat16, Q_DECODE_ROWS, 2 * T2I_HEAD_SWIGLU, T2I_HEAD_WIDTH, True, "swiglu",
+                                2), FLOAT_GEMM + REDUCE),
+    Variant("float_gemm/M128-5120x7680-gated-bias-split3/bf16",
+            lambda: _float_gemm(torch.bfloat16, Q_DECODE_ROWS, T2I_HEAD_WIDTH, T2I_HEAD_SWIGLU, True,
+                                "gated_residual", 3), FLOAT_GEMM + REDUCE),
+    Variant("float_gemm/M128-5120x5120-gated-bias/fp32",
+            lambda: _float_gemm(torch.float32, Q_DECODE_ROWS, T2I_HEAD_WIDTH, T2I_HEAD_WIDTH, True, "gated_residual"),
+            FLOAT_GEMM),
+    Variant("int8_weight_gemm/M128-15360x5120-swiglu-split",
+            lambda: _int8_gemm_epilogue(Q_DECODE_ROWS, 2 * T2I_HEAD_SWIGLU, T2I_HEAD_WIDTH, "swiglu"),
+            INT8_GEMM + REDUCE),
+    Variant("int8_weight_gemm/M1024-5120x7680-gated",
+            lambda: _int8_gemm_epilogue(Q_BATCH_ROWS, T2I_HEAD_WIDTH, T2I_HEAD_SWIGLU, "gated_residual"), INT8_GEMM),
+    Variant("fp8_gemm/M1024-token-block-34816x5120-swiglu",
+            lambda: _fp8_gemm_epilogue(Q_BATCH_ROWS, 2 * Q_FFN, T2I_HIDDEN, True, "swiglu"), FP8_GEMM),
+    Variant("fp8_gemm/M128-token-channel-5120x5120-gated-split",
+            lambda: _fp8_gemm_epilogue(Q_DECODE_ROWS, T2I_HEAD_WIDTH, T2I_HEAD_WIDTH, False, "gated_residual"),
+            FP8_GEMM + REDUCE),
     *_both_dtypes("fp8_activation_quant/token-M128-5120",
                   lambda dtype: _fp8_activation_quant(dtype, Q_DECODE_ROWS, T2I_HIDDEN, None), FP8_QUANT),
     Variant("fp8_activation_quant/token-M1024-17408/bf16",

@@ -98,3 +98,31 @@ def test_argument_errors():
         fp8_gemm(codes, scales, qw.data, qw.scales, out_dtype=torch.float64)
     with pytest.raises(ValueError, match="split_k must be an int from 1 to 3"):
         fp8_gemm(codes, scales, qw.data, qw.scales, split_k=4)
+
+
+@pytest.mark.parametrize("split_k,bias", [(None, True), (2, False)], ids=["rule-bias", "split2"])
+@pytest.mark.parametrize("group_size,block", LAYOUTS)
+def test_fp8_swiglu_epilogue(group_size, block, split_k, bias):
+    """Weight [2h, k] (gate rows, then up rows; h = 100: the up rows start inside a 128-row scale block) ->
+    silu(gate)·up [m, h], float32 output, against ``swiglu_ref`` of the float64 reference (tolerance 1e-5)."""
+    from bitdance_rt.reference.head_ops import swiglu_ref
+    codes, scales, qw, b = case(9, 200, 300, seed=70, group_size=group_size, block=block, bias=bias)
+    out = poisoned(9, 100)
+    y = fp8_gemm(codes, scales, qw.data, qw.scales, b, out=out, split_k=split_k, epilogue="swiglu")
+    assert y is out
+    assert_close(y, swiglu_ref(reference(codes, scales, qw, b)), FLOAT32_TOL)
+
+
+@pytest.mark.parametrize("split_k,bias", [(None, True), (2, False)], ids=["rule-bias", "split2"])
+@pytest.mark.parametrize("group_size,block", LAYOUTS)
+def test_fp8_gated_residual_epilogue(group_size, block, split_k, bias):
+    """x [m, n] += gate·(A @ Wᵀ + b) in place, gate a strided column chunk of an [m, 3n] adaLN-like output; float32
+    against ``gated_residual_ref`` of the float64 reference (tolerance 1e-5)."""
+    from bitdance_rt.reference.head_ops import gated_residual_ref
+    codes, scales, qw, b = case(9, 200, 300, seed=71, group_size=group_size, block=block, bias=bias)
+    gate = randn(9, 600, seed=72)[:, 200:400]
+    x = randn(9, 200, seed=73)
+    want = gated_residual_ref(x.cpu().double(), reference(codes, scales, qw, b), gate.cpu().double())
+    y = fp8_gemm(codes, scales, qw.data, qw.scales, b, out=x, split_k=split_k, epilogue="gated_residual", gate=gate)
+    assert y is x
+    assert_close(x, want, FLOAT32_TOL)

@@ -108,3 +108,33 @@ def test_argument_errors():
         int8_weight_gemm(x.double(), qw.data, qw.scales)
     with pytest.raises(ValueError, match="split_k must be an int from 1 to 1"):
         int8_weight_gemm(x, qw.data, qw.scales, split_k=2)
+
+
+@pytest.mark.parametrize("split_k,bias", [(None, True), (2, False), (3, True)],
+                         ids=["rule-bias", "split2", "split3-bias"])
+@pytest.mark.parametrize("m,h,k", [(5, 100, 300), (33, 65, 96)])
+def test_int8_swiglu_epilogue(m, h, k, split_k, bias):
+    """Weight [2h, k] (gate rows, then up rows) -> silu(gate)·up [m, h], float32, against ``swiglu_ref`` of the
+    float64 reference (tolerance 1e-5)."""
+    from bitdance_rt.reference.head_ops import swiglu_ref
+    x, qw, b = case(m, 2 * h, k, seed=m + h + k + 50, dtype=torch.float32, bias=bias)
+    out = poisoned(m, h)
+    y = int8_weight_gemm(x, qw.data, qw.scales, b, out=out, split_k=split_k, epilogue="swiglu")
+    assert y is out
+    assert_close(y, swiglu_ref(reference(x, qw, b)), FLOAT32_TOL)
+
+
+@pytest.mark.parametrize("split_k,bias", [(None, True), (2, False), (3, True)],
+                         ids=["rule-bias", "split2", "split3-bias"])
+@pytest.mark.parametrize("m,n,k", [(5, 200, 300), (33, 130, 96)])
+def test_int8_gated_residual_epilogue(m, n, k, split_k, bias):
+    """x [m, n] += gate·(h @ Wᵀ + b) in place, gate a strided column chunk of an [m, 3n] adaLN-like output;
+    float32 against ``gated_residual_ref`` of the float64 reference (tolerance 1e-5)."""
+    from bitdance_rt.reference.head_ops import gated_residual_ref
+    h, qw, b = case(m, n, k, seed=m + n + k + 60, dtype=torch.float32, bias=bias)
+    gate = randn(m, 3 * n, seed=m + 61)[:, n:2 * n]
+    x = randn(m, n, seed=m + 62)
+    want = gated_residual_ref(x.cpu().double(), reference(h, qw, b), gate.cpu().double())
+    y = int8_weight_gemm(h, qw.data, qw.scales, b, out=x, split_k=split_k, epilogue="gated_residual", gate=gate)
+    assert y is x
+    assert_close(x, want, FLOAT32_TOL)
