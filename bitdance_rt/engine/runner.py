@@ -201,7 +201,7 @@ class ModelRunner:
             scales[span] = self.family.guidance_at(a.spec.guidance, a.ar_step, a.spec.num_ar)
             if a.ar_step + 1 == a.spec.num_ar:
                 leaving.extend(range(a.first_slot * batch.mult, (a.first_slot + a.images) * batch.mult))
-        b.staging.send(batch.ar_steps, batch.cfg)
+        b.staging.send(batch.ar_steps, batch.guidance_scales)
         torch.index_select(b.positions, 0, batch.ar_steps.repeat_interleave(batch.mult), out=batch.pos)
         step = self.engine.ar_step(batch, slots)
         tokens = step.head()
