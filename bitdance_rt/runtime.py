@@ -232,7 +232,7 @@ class Runtime:
         are prefilled in one pass."""
         with self._serving_setup:
             if self._generate_scheduler is None:
-                self._generate_scheduler = self._new_scheduler("generate", max_batch=rows, joint_joins=True)
+                self._generate_scheduler = self._new_scheduler("generate", max_batch=rows)
         self._generate_scheduler.max_batch = rows
         return self._generate_scheduler
 

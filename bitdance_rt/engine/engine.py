@@ -116,7 +116,7 @@ class Engine:
                 if view.guided:  # cache rows (cond, uncond) per slot -> the sampler's halves [cond..., uncond...]
                     cond = cond.view(slots, 2, p, w).transpose(0, 1).reshape(2 * slots, p, w)
                 keys = (view.seeds, view.ar_steps, view.rows_in_request)
-                tokens = self.head.sample_keyed(cond, keys, view.cfg, view.guided, times)
+                tokens = self.head.sample_keyed(cond, keys, view.guidance_scales, view.guided, times)
                 if view.guided:
                     view.feedback.view(slots, 2, p, c).copy_(tokens.view(2, slots, p, c).transpose(0, 1))
                 else:

@@ -15,7 +15,8 @@ of tokens into images. The scheduler speaks to it in request ids, slot numbers a
   ``forget(request_id)``: a request's result, its picture so far, its tokens, and dropping its state.
 
 Device work is O(1) in the number of requests per call: a join draws the keyed noise of all its rows in one call per
-sampling step, and a step writes every slot's AR step and guidance scale in one copy each.
+sampling step, and a step writes every slot's AR step and guidance scale in one copy each. No host-to-device copy of
+a join or a step blocks the host: they go from pinned memory without waiting (``HostStaging``, ``_upload``).
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class ModelRunner:
         host = torch.tensor([[s * m + r for s in slot_list for r in range(m)] + [0] * (total - len(rows)),
                              [s for s in seeds for _ in range(m)] + [0] * (total - len(rows)),
                              [r for _ in seeds for r in range(m)] + [0] * (total - len(rows))], dtype=torch.int64)
-        index = host.to(self.device)
+        index = self._upload(host)
         row_index, slot_index = index[0, :len(rows)], index[0, :len(rows):m] // m
         leading = self.leading_unguided_steps(spec0)
         for j in joins:
@@ -178,6 +179,14 @@ class ModelRunner:
                 self._tokens.pop(j.request_id, None)
             raise
         return done
+
+    def _upload(self, host: torch.Tensor) -> torch.Tensor:
+        """A small host tensor (row indices, keys) on the device without blocking the host: on CUDA pinned first and
+        copied non-blocking (PyTorch's pinned-memory cache keeps the source until the copy has run), so the host
+        goes on scheduling while the device works."""
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     @staticmethod
     def _release(batch: SlotBatch, row_index: torch.Tensor) -> None:
@@ -201,7 +210,7 @@ class ModelRunner:
             scales[span] = self.family.guidance_at(a.spec.guidance, a.ar_step, a.spec.num_ar)
             if a.ar_step + 1 == a.spec.num_ar:
                 leaving.extend(range(a.first_slot * batch.mult, (a.first_slot + a.images) * batch.mult))
-        b.staging.send(batch.ar_steps, batch.cfg)
+        b.staging.send(batch.ar_steps, batch.guidance_scales)
         torch.index_select(b.positions, 0, batch.ar_steps.repeat_interleave(batch.mult), out=batch.pos)
         step = self.engine.ar_step(batch, slots)
         tokens = step.head()
@@ -209,7 +218,7 @@ class ModelRunner:
         cols = batch.ar_steps[:slots, None] * p + torch.arange(p, device=tokens.device)
         b.tokens[:slots].scatter_(1, cols[:, :, None].expand(-1, -1, c).long(), tokens.to(torch.int8))
         if leaving:
-            self._release(batch, torch.tensor(leaving, dtype=torch.int64).to(self.device))
+            self._release(batch, self._upload(torch.tensor(leaving, dtype=torch.int64)))
         if len(leaving) < sum(a.images for a in active) * batch.mult:
             step.decode()
 
