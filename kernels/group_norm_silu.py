@@ -1,11 +1,19 @@
-"""The token decoder's GroupNorm followed by swish in one kernel: ``out = silu(GroupNorm(G, eps)(x)·w + b)``.
+"""The token decoder's GroupNorms in one kernel, in either memory layout.
 
-Shapes: ``x, out [B, C, H, W]`` contiguous (NCHW), C divisible by G; ``weight, bias [C]`` or None (affine-free).
-One program per (image, group): a group is ``C/G·H·W`` consecutive elements, walked in ``BLOCK``-element chunks
-three times (the mean, the variance about it, then normalize-modulate-swish and store), so any image size fits
-without a tile per group in registers. Dtypes: float32, bfloat16 or float16, alike; statistics and arithmetic in
-float32, one rounding at the store. Replaces PyTorch's group_norm, sigmoid and multiply (three launches, two
-full-size temporaries).
+- ``group_norm_silu``: ``out = silu(GroupNorm(G, eps)(x)·w + b)`` (the residual blocks' and the output's norm then
+  swish; ``w, b [C]`` or None for affine-free).
+- ``token_styled_group_norm``: ``out = scale·GroupNorm(G, eps)(x) + shift`` with affine-free GroupNorm and
+  ``scale, shift [B, C]`` per (image, channel): the decoder's token-styled norm (no swish follows it: its output is
+  also the next residual block's shortcut).
+
+Shapes: ``x, out [B, C, H, W]``, each either contiguous (NCHW) or channels-last contiguous (NHWC; what
+``x.contiguous(memory_format=torch.channels_last)`` gives), C divisible by G. ``out`` may be ``x`` itself (in place):
+every element is read and then written by the same program after its group's statistics are known.
+One program per (image, group): the group's ``C/G`` channels × ``H·W`` pixels are walked in tiles of
+``BLOCK_P`` pixels × ``BLOCK_C`` channels three times (the mean, the variance about it, then normalize, modulate,
+swish and store), so any image size fits without a group's tile in registers. Dtypes: float32, bfloat16 or
+float16, alike; statistics and arithmetic in float32, one rounding at the store. Replaces PyTorch's group_norm,
+sigmoid and multiply (three launches, two full-size temporaries), or group_norm, multiply and add.
 """
 
 from __future__ import annotations
@@ -15,65 +23,146 @@ import triton
 import triton.language as tl
 
 from bitdance_rt.ops.argument_checks import check_tensor
-from bitdance_rt.reference.decoder_ops import group_norm_silu_ref
+from bitdance_rt.reference.decoder_ops import group_norm_silu_ref, token_styled_group_norm_ref
 
 REFERENCE = group_norm_silu_ref
+REFERENCES = {"group_norm_silu": group_norm_silu_ref, "token_styled_group_norm": token_styled_group_norm_ref}
 KERNEL = "group_norm_silu"
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-BLOCK = 1024
+BLOCK = 1024   # elements of one tile (BLOCK_P pixels x BLOCK_C channels)
 
 
 @triton.jit
-def _group_norm_silu_kernel(x_ptr, w_ptr, b_ptr, out_ptr, group_size, hw, channels_per_group, groups, eps,
-                            AFFINE: tl.constexpr, BLOCK: tl.constexpr):
+def _group_norm_silu_kernel(x_ptr, w_ptr, b_ptr, out_ptr, hw, channels, channels_per_group, groups,
+                            x_image_stride, x_pixel_stride, x_channel_stride,
+                            out_image_stride, out_pixel_stride, out_channel_stride, eps,
+                            AFFINE: tl.constexpr, STYLED: tl.constexpr, SILU: tl.constexpr,
+                            CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
-    base = pid.to(tl.int64) * group_size
+    image = pid // groups
     first_channel = (pid % groups) * channels_per_group
-    offs = tl.arange(0, BLOCK)
-    total = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, group_size, BLOCK):
-        idx = start + offs
-        total += tl.load(x_ptr + base + idx, mask=idx < group_size, other=0.0).to(tl.float32)
-    mean = tl.sum(total, axis=0) / group_size
-    spread = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, group_size, BLOCK):
-        idx = start + offs
-        v = tl.load(x_ptr + base + idx, mask=idx < group_size, other=0.0).to(tl.float32)
-        d = tl.where(idx < group_size, v - mean, 0.0)
-        spread += d * d
-    inv_std = 1.0 / tl.sqrt(tl.sum(spread, axis=0) / group_size + eps)
-    for start in range(0, group_size, BLOCK):
-        idx = start + offs
-        inside = idx < group_size
-        v = (tl.load(x_ptr + base + idx, mask=inside, other=0.0).to(tl.float32) - mean) * inv_std
+    x_base = x_ptr + image.to(tl.int64) * x_image_stride
+    out_base = out_ptr + image.to(tl.int64) * out_image_stride
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_c = tl.arange(0, BLOCK_C)
+    count = hw * channels_per_group
+    total = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    for c0 in range(0, channels_per_group, BLOCK_C):
+        c = c0 + offs_c
+        c_in = c < channels_per_group
+        for p0 in range(0, hw, BLOCK_P):
+            p = p0 + offs_p
+            inside = (p[:, None] < hw) & c_in[None, :]
+            if CHANNELS_LAST:
+                off = p[:, None].to(tl.int64) * x_pixel_stride + (first_channel + c)[None, :]
+            else:
+                off = (first_channel + c)[None, :].to(tl.int64) * x_channel_stride + p[:, None]
+            total += tl.load(x_base + off, mask=inside, other=0.0).to(tl.float32)
+    mean = tl.sum(tl.sum(total, axis=1), axis=0) / count
+    spread = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    for c0 in range(0, channels_per_group, BLOCK_C):
+        c = c0 + offs_c
+        c_in = c < channels_per_group
+        for p0 in range(0, hw, BLOCK_P):
+            p = p0 + offs_p
+            inside = (p[:, None] < hw) & c_in[None, :]
+            if CHANNELS_LAST:
+                off = p[:, None].to(tl.int64) * x_pixel_stride + (first_channel + c)[None, :]
+            else:
+                off = (first_channel + c)[None, :].to(tl.int64) * x_channel_stride + p[:, None]
+            v = tl.load(x_base + off, mask=inside, other=0.0).to(tl.float32)
+            d = tl.where(inside, v - mean, 0.0)
+            spread += d * d
+    inv_std = 1.0 / tl.sqrt(tl.sum(tl.sum(spread, axis=1), axis=0) / count + eps)
+    for c0 in range(0, channels_per_group, BLOCK_C):
+        c = c0 + offs_c
+        c_in = c < channels_per_group
+        channel = first_channel + c
         if AFFINE:
-            channel = first_channel + idx // hw
-            v = v * tl.load(w_ptr + channel, mask=inside, other=1.0).to(tl.float32) \
-                + tl.load(b_ptr + channel, mask=inside, other=0.0).to(tl.float32)
-        tl.store(out_ptr + base + idx, (v / (1.0 + tl.exp(-v))).to(out_ptr.dtype.element_ty), mask=inside)
+            w = tl.load(w_ptr + channel, mask=c_in, other=1.0).to(tl.float32)
+            b = tl.load(b_ptr + channel, mask=c_in, other=0.0).to(tl.float32)
+        if STYLED:
+            w = tl.load(w_ptr + image * channels + channel, mask=c_in, other=1.0).to(tl.float32)
+            b = tl.load(b_ptr + image * channels + channel, mask=c_in, other=0.0).to(tl.float32)
+        for p0 in range(0, hw, BLOCK_P):
+            p = p0 + offs_p
+            inside = (p[:, None] < hw) & c_in[None, :]
+            if CHANNELS_LAST:
+                off = p[:, None].to(tl.int64) * x_pixel_stride + channel[None, :]
+                out_off = p[:, None].to(tl.int64) * out_pixel_stride + channel[None, :]
+            else:
+                off = channel[None, :].to(tl.int64) * x_channel_stride + p[:, None]
+                out_off = channel[None, :].to(tl.int64) * out_channel_stride + p[:, None]
+            v = (tl.load(x_base + off, mask=inside, other=0.0).to(tl.float32) - mean) * inv_std
+            if AFFINE or STYLED:
+                v = v * w[None, :] + b[None, :]
+            if SILU:
+                v = v / (1.0 + tl.exp(-v))
+            tl.store(out_base + out_off, v.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def _layout(kernel: str, name: str, t: torch.Tensor) -> bool:
+    """True for channels-last (NHWC) memory, False for contiguous NCHW; anything else is refused."""
+    if t.is_contiguous():
+        return False
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return True
+    raise ValueError(f"{kernel}: {name} has strides {list(t.stride())} for shape {list(t.shape)}: neither contiguous "
+                     f"NCHW nor channels-last; call .contiguous() or .contiguous(memory_format=torch.channels_last)")
+
+
+def _launch(kernel: str, x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None, groups: int, eps: float,
+            out: torch.Tensor | None, styled: bool, silu: bool) -> torch.Tensor:
+    check_tensor(kernel, "x", x, shape=(None, None, None, None), dtype=FLOAT_DTYPES, contiguous=False)
+    batch, channels, height, width = x.shape
+    if groups < 1 or channels % groups:
+        raise ValueError(f"{kernel}: {channels} channels do not split into {groups} groups")
+    channels_last = _layout(kernel, "x", x)
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    else:
+        check_tensor(kernel, "out", out, shape=tuple(x.shape), dtype=x.dtype, device=x.device, contiguous=False)
+        if _layout(kernel, "out", out) != channels_last and height * width > 1 and channels > 1:
+            raise ValueError(f"{kernel}: out is {'NCHW' if channels_last else 'channels-last'} but x is "
+                             f"{'channels-last' if channels_last else 'NCHW'}; pass out in x's memory layout")
+    if x.numel() == 0:
+        return out
+    hw = height * width
+    cpg = channels // groups
+    block_c = min(triton.next_power_of_2(cpg), BLOCK)
+    block_p = max(1, BLOCK // block_c)
+    affine = w is not None
+    # NHWC: pixel stride C, channel stride 1; NCHW: pixel stride 1, channel stride H·W (what each layout means)
+    x_pixel, x_channel = (x.stride(3), 1) if channels_last else (1, x.stride(1))
+    o_pixel, o_channel = (out.stride(3), 1) if channels_last else (1, out.stride(1))
+    _group_norm_silu_kernel[(batch * groups,)](
+        x, w if affine else x, b if affine else x, out, hw, channels, cpg, groups,
+        x.stride(0), x_pixel, x_channel, out.stride(0), o_pixel, o_channel, eps,
+        AFFINE=affine and not styled, STYLED=styled, SILU=silu, CHANNELS_LAST=channels_last,
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    return out
 
 
 def group_norm_silu(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, groups: int,
                     eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``silu(group_norm(x, groups, weight, bias, eps))`` for NCHW ``x [B, C, H, W]``."""
-    check_tensor(KERNEL, "x", x, shape=(None, None, None, None), dtype=FLOAT_DTYPES)
-    batch, channels, height, width = x.shape
-    if channels % groups:
-        raise ValueError(f"{KERNEL}: {channels} channels do not split into {groups} groups")
+    """``silu(group_norm(x, groups, weight, bias, eps))`` for ``x [B, C, H, W]`` (NCHW or channels-last);
+    ``out`` (optional, may be ``x``) in x's layout."""
     if (weight is None) != (bias is None):
         raise ValueError(f"{KERNEL}: pass both weight and bias, or neither")
     if weight is not None:
+        channels = x.shape[1] if x.ndim == 4 else None
         check_tensor(KERNEL, "weight", weight, shape=(channels,), dtype=x.dtype, device=x.device)
         check_tensor(KERNEL, "bias", bias, shape=(channels,), dtype=x.dtype, device=x.device)
-    if out is None:
-        out = torch.empty_like(x)
-    else:
-        check_tensor(KERNEL, "out", out, shape=tuple(x.shape), dtype=x.dtype, device=x.device)
-    if x.numel() == 0:
-        return out
-    hw = height * width
-    affine = weight is not None
-    _group_norm_silu_kernel[(batch * groups,)](
-        x, weight if affine else x, bias if affine else x, out, channels // groups * hw, hw, channels // groups,
-        groups, eps, AFFINE=affine, BLOCK=BLOCK, num_warps=4)
-    return out
+    return _launch(KERNEL, x, weight, bias, groups, eps, out, styled=False, silu=True)
+
+
+def token_styled_group_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, groups: int, eps: float,
+                            out: torch.Tensor | None = None) -> torch.Tensor:
+    """``scale[:, :, None, None] · group_norm(x, groups, eps=eps) + shift[:, :, None, None]`` (affine-free norm) for
+    ``x [B, C, H, W]`` (NCHW or channels-last), ``scale, shift [B, C]``; ``out`` (optional, may be ``x``) in x's
+    layout."""
+    name = "token_styled_group_norm"
+    shape = (x.shape[0], x.shape[1]) if x.ndim == 4 else (None, None)
+    check_tensor(name, "scale", scale, shape=shape, dtype=x.dtype, device=x.device)
+    check_tensor(name, "shift", shift, shape=shape, dtype=x.dtype, device=x.device)
+    return _launch(name, x, scale, shift, groups, eps, out, styled=True, silu=False)
