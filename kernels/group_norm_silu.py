@@ -9,8 +9,9 @@
 Shapes: ``x, out [B, C, H, W]``, each either contiguous (NCHW) or channels-last contiguous (NHWC; what
 ``x.contiguous(memory_format=torch.channels_last)`` gives), C divisible by G. ``out`` may be ``x`` itself (in place):
 every element is read and then written by the same program after its group's statistics are known.
-One program per (image, group): the group's ``C/G`` channels × ``H·W`` pixels are walked in tiles of
-``BLOCK_P`` pixels × ``BLOCK_C`` channels three times (the mean, the variance about it, then normalize, modulate,
+One program per (image, group): the group's ``C/G`` channels × ``H·W`` pixels (NCHW: one run of consecutive
+elements, walked in 1-D chunks of ``BLOCK``; NHWC: ``H·W`` runs of ``C/G`` channels, in tiles of ``BLOCK_P`` pixels
+× ``BLOCK_C`` channels) are walked three times (the mean, the variance about it, then normalize, modulate,
 swish and store), so any image size fits without a group's tile in registers. Dtypes: float32, bfloat16 or
 float16, alike; statistics and arithmetic in float32, one rounding at the store. Replaces PyTorch's group_norm,
 sigmoid and multiply (three launches, two full-size temporaries), or group_norm, multiply and add.
@@ -23,6 +24,7 @@ import triton
 import triton.language as tl
 
 from bitdance_rt.ops.argument_checks import check_tensor
+from bitdance_rt.platform import triton_interpreter_on
 from bitdance_rt.reference.decoder_ops import group_norm_silu_ref, token_styled_group_norm_ref
 
 REFERENCE = group_norm_silu_ref
@@ -30,75 +32,97 @@ REFERENCES = {"group_norm_silu": group_norm_silu_ref, "token_styled_group_norm":
 KERNEL = "group_norm_silu"
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024   # elements of one tile (BLOCK_P pixels x BLOCK_C channels)
+INTERPRETER_BLOCK = 16384   # under the interpreter, per-operation overhead dominates: fewer, larger tiles
 
 
 @triton.jit
 def _group_norm_silu_kernel(x_ptr, w_ptr, b_ptr, out_ptr, hw, channels, channels_per_group, groups,
-                            x_image_stride, x_pixel_stride, x_channel_stride,
-                            out_image_stride, out_pixel_stride, out_channel_stride, eps,
+                            x_image_stride, x_pixel_stride, out_image_stride, out_pixel_stride, eps,
                             AFFINE: tl.constexpr, STYLED: tl.constexpr, SILU: tl.constexpr,
                             CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    # NCHW: a group is C/G·H·W consecutive elements, walked in 1-D chunks of BLOCK_P·BLOCK_C.
+    # NHWC: a group is H·W runs of C/G consecutive channels (pixel stride C), walked in [BLOCK_P, BLOCK_C] tiles.
     pid = tl.program_id(0)
     image = pid // groups
     first_channel = (pid % groups) * channels_per_group
     x_base = x_ptr + image.to(tl.int64) * x_image_stride
     out_base = out_ptr + image.to(tl.int64) * out_image_stride
-    offs_p = tl.arange(0, BLOCK_P)
-    offs_c = tl.arange(0, BLOCK_C)
     count = hw * channels_per_group
-    total = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for c0 in range(0, channels_per_group, BLOCK_C):
-        c = c0 + offs_c
-        c_in = c < channels_per_group
-        for p0 in range(0, hw, BLOCK_P):
-            p = p0 + offs_p
-            inside = (p[:, None] < hw) & c_in[None, :]
-            if CHANNELS_LAST:
-                off = p[:, None].to(tl.int64) * x_pixel_stride + (first_channel + c)[None, :]
-            else:
-                off = (first_channel + c)[None, :].to(tl.int64) * x_channel_stride + p[:, None]
-            total += tl.load(x_base + off, mask=inside, other=0.0).to(tl.float32)
-    mean = tl.sum(tl.sum(total, axis=1), axis=0) / count
-    spread = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for c0 in range(0, channels_per_group, BLOCK_C):
-        c = c0 + offs_c
-        c_in = c < channels_per_group
-        for p0 in range(0, hw, BLOCK_P):
-            p = p0 + offs_p
-            inside = (p[:, None] < hw) & c_in[None, :]
-            if CHANNELS_LAST:
-                off = p[:, None].to(tl.int64) * x_pixel_stride + (first_channel + c)[None, :]
-            else:
-                off = (first_channel + c)[None, :].to(tl.int64) * x_channel_stride + p[:, None]
-            v = tl.load(x_base + off, mask=inside, other=0.0).to(tl.float32)
-            d = tl.where(inside, v - mean, 0.0)
+    if CHANNELS_LAST:
+        offs_p = tl.arange(0, BLOCK_P)
+        offs_c = tl.arange(0, BLOCK_C)
+        total = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+        for c0 in range(0, channels_per_group, BLOCK_C):
+            c = first_channel + c0 + offs_c
+            c_in = (c0 + offs_c) < channels_per_group
+            for p0 in range(0, hw, BLOCK_P):
+                p = p0 + offs_p
+                inside = (p[:, None] < hw) & c_in[None, :]
+                off = p[:, None].to(tl.int64) * x_pixel_stride + c[None, :]
+                total += tl.load(x_base + off, mask=inside, other=0.0).to(tl.float32)
+        mean = tl.sum(tl.sum(total, axis=1), axis=0) / count
+        spread = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+        for c0 in range(0, channels_per_group, BLOCK_C):
+            c = first_channel + c0 + offs_c
+            c_in = (c0 + offs_c) < channels_per_group
+            for p0 in range(0, hw, BLOCK_P):
+                p = p0 + offs_p
+                inside = (p[:, None] < hw) & c_in[None, :]
+                off = p[:, None].to(tl.int64) * x_pixel_stride + c[None, :]
+                d = tl.where(inside, tl.load(x_base + off, mask=inside, other=0.0).to(tl.float32) - mean, 0.0)
+                spread += d * d
+        inv_std = 1.0 / tl.sqrt(tl.sum(tl.sum(spread, axis=1), axis=0) / count + eps)
+        for c0 in range(0, channels_per_group, BLOCK_C):
+            c = first_channel + c0 + offs_c
+            c_in = (c0 + offs_c) < channels_per_group
+            if AFFINE:
+                w = tl.load(w_ptr + c, mask=c_in, other=1.0).to(tl.float32)
+                b = tl.load(b_ptr + c, mask=c_in, other=0.0).to(tl.float32)
+            if STYLED:
+                w = tl.load(w_ptr + image * channels + c, mask=c_in, other=1.0).to(tl.float32)
+                b = tl.load(b_ptr + image * channels + c, mask=c_in, other=0.0).to(tl.float32)
+            for p0 in range(0, hw, BLOCK_P):
+                p = (p0 + offs_p).to(tl.int64)
+                inside = (p[:, None] < hw) & c_in[None, :]
+                v = tl.load(x_base + p[:, None] * x_pixel_stride + c[None, :], mask=inside, other=0.0)
+                v = (v.to(tl.float32) - mean) * inv_std
+                if AFFINE or STYLED:
+                    v = v * w[None, :] + b[None, :]
+                if SILU:
+                    v = v / (1.0 + tl.exp(-v))
+                tl.store(out_base + p[:, None] * out_pixel_stride + c[None, :], v.to(out_ptr.dtype.element_ty),
+                         mask=inside)
+    else:
+        BLOCK: tl.constexpr = BLOCK_P * BLOCK_C
+        x_base += first_channel.to(tl.int64) * hw
+        out_base += first_channel.to(tl.int64) * hw
+        offs = tl.arange(0, BLOCK)
+        total = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, count, BLOCK):
+            idx = start + offs
+            total += tl.load(x_base + idx, mask=idx < count, other=0.0).to(tl.float32)
+        mean = tl.sum(total, axis=0) / count
+        spread = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, count, BLOCK):
+            idx = start + offs
+            d = tl.where(idx < count, tl.load(x_base + idx, mask=idx < count, other=0.0).to(tl.float32) - mean, 0.0)
             spread += d * d
-    inv_std = 1.0 / tl.sqrt(tl.sum(tl.sum(spread, axis=1), axis=0) / count + eps)
-    for c0 in range(0, channels_per_group, BLOCK_C):
-        c = c0 + offs_c
-        c_in = c < channels_per_group
-        channel = first_channel + c
-        if AFFINE:
-            w = tl.load(w_ptr + channel, mask=c_in, other=1.0).to(tl.float32)
-            b = tl.load(b_ptr + channel, mask=c_in, other=0.0).to(tl.float32)
-        if STYLED:
-            w = tl.load(w_ptr + image * channels + channel, mask=c_in, other=1.0).to(tl.float32)
-            b = tl.load(b_ptr + image * channels + channel, mask=c_in, other=0.0).to(tl.float32)
-        for p0 in range(0, hw, BLOCK_P):
-            p = p0 + offs_p
-            inside = (p[:, None] < hw) & c_in[None, :]
-            if CHANNELS_LAST:
-                off = p[:, None].to(tl.int64) * x_pixel_stride + channel[None, :]
-                out_off = p[:, None].to(tl.int64) * out_pixel_stride + channel[None, :]
-            else:
-                off = channel[None, :].to(tl.int64) * x_channel_stride + p[:, None]
-                out_off = channel[None, :].to(tl.int64) * out_channel_stride + p[:, None]
-            v = (tl.load(x_base + off, mask=inside, other=0.0).to(tl.float32) - mean) * inv_std
-            if AFFINE or STYLED:
-                v = v * w[None, :] + b[None, :]
+        inv_std = 1.0 / tl.sqrt(tl.sum(spread, axis=0) / count + eps)
+        for start in range(0, count, BLOCK):
+            idx = start + offs
+            inside = idx < count
+            v = (tl.load(x_base + idx, mask=inside, other=0.0).to(tl.float32) - mean) * inv_std
+            if AFFINE:
+                channel = first_channel + idx // hw
+                v = v * tl.load(w_ptr + channel, mask=inside, other=1.0).to(tl.float32) \
+                    + tl.load(b_ptr + channel, mask=inside, other=0.0).to(tl.float32)
+            if STYLED:
+                channel = image * channels + first_channel + idx // hw
+                v = v * tl.load(w_ptr + channel, mask=inside, other=1.0).to(tl.float32) \
+                    + tl.load(b_ptr + channel, mask=inside, other=0.0).to(tl.float32)
             if SILU:
                 v = v / (1.0 + tl.exp(-v))
-            tl.store(out_base + out_off, v.to(out_ptr.dtype.element_ty), mask=inside)
+            tl.store(out_base + idx, v.to(out_ptr.dtype.element_ty), mask=inside)
 
 
 def _layout(kernel: str, name: str, t: torch.Tensor) -> bool:
@@ -129,15 +153,14 @@ def _launch(kernel: str, x: torch.Tensor, w: torch.Tensor | None, b: torch.Tenso
         return out
     hw = height * width
     cpg = channels // groups
-    block_c = min(triton.next_power_of_2(cpg), BLOCK)
-    block_p = max(1, BLOCK // block_c)
+    block = max(BLOCK, INTERPRETER_BLOCK) if triton_interpreter_on() else BLOCK
+    block_c = min(triton.next_power_of_2(cpg), block) if channels_last else 1
+    block_p = block // block_c
     affine = w is not None
-    # NHWC: pixel stride C, channel stride 1; NCHW: pixel stride 1, channel stride H·W (what each layout means)
-    x_pixel, x_channel = (x.stride(3), 1) if channels_last else (1, x.stride(1))
-    o_pixel, o_channel = (out.stride(3), 1) if channels_last else (1, out.stride(1))
+    # NHWC: pixel stride C (channels consecutive); NCHW: a group's channels and pixels are consecutive
     _group_norm_silu_kernel[(batch * groups,)](
         x, w if affine else x, b if affine else x, out, hw, channels, cpg, groups,
-        x.stride(0), x_pixel, x_channel, out.stride(0), o_pixel, o_channel, eps,
+        x.stride(0), x.stride(3), out.stride(0), out.stride(3), eps,
         AFFINE=affine and not styled, STYLED=styled, SILU=silu, CHANNELS_LAST=channels_last,
         BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
     return out

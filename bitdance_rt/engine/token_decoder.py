@@ -155,9 +155,11 @@ class EngineTokenDecoder:
 
     # ------------------------------------------------------------------ a pass over N images
     @torch.no_grad()
-    def __call__(self, z: Tensor, generator: torch.Generator | None = None, *, chunk: int | None = None) -> Tensor:
+    def __call__(self, z: Tensor, generator: torch.Generator | None = None, *, chunk: int | None = None,
+                 out: Tensor | None = None) -> Tensor:
         """``z [N, z_channels, h, w]`` -> ``[N, out_channels, h·ds, w·ds]`` in passes of ``chunk`` images (default
-        ``self.chunk``); a GAN decoder needs ``generator`` (one noise draw for all N, as the reference)."""
+        ``self.chunk``), into ``out`` when given (contiguous, the decoder's dtype and device); a GAN decoder needs
+        ``generator`` (one noise draw for all N, as the reference)."""
         d = self.decoder
         d._check_tokens(z)
         noise = d._noise_like(z, generator) if self.layout.gan_decoder else None
@@ -167,9 +169,15 @@ class EngineTokenDecoder:
             chunk = self.chunk(height, width)
         elif not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"EngineTokenDecoder: chunk={chunk!r}; pass a positive number of images per pass")
-        if n <= chunk and not self.cuda_graphs:
-            return self._run(z, noise).contiguous()
-        out = torch.empty(n, self.layout.out_channels, height, width, dtype=self.dtype, device=self.device)
+        shape = (n, self.layout.out_channels, height, width)
+        if out is None:
+            if n <= chunk and not self.cuda_graphs:
+                return self._run(z, noise).contiguous()
+            out = torch.empty(shape, dtype=self.dtype, device=self.device)
+        elif (tuple(out.shape) != shape or out.dtype != self.dtype or out.device != self.device
+              or not out.is_contiguous()):
+            raise ValueError(f"EngineTokenDecoder: out is {list(out.shape)} {out.dtype} on {out.device}, expected a "
+                             f"contiguous {list(shape)} {self.dtype} on {self.device}")
         for i in range(0, n, chunk):
             out[i:i + chunk].copy_(self._pass(z[i:i + chunk], None if noise is None else noise[i:i + chunk]))
         return out

@@ -1,8 +1,8 @@
 """``group_norm_silu`` (the token decoder's GroupNorm then swish) and ``token_styled_group_norm`` (its
 token-styled GroupNorm: per-(image, channel) scale and shift) against their float64 references and against the
 reference decoder's own modules, through the interpreter on the CPU. Fresh seeded random inputs with an offset and
-spread far from (0, 1); outputs NaN-poisoned; groups larger and smaller than the kernel's 1024-element tile and not
-multiples of it; affine and affine-free; NCHW and channels-last (NHWC) memory, out of place and in place.
+spread far from (0, 1); outputs NaN-poisoned; groups larger and smaller than the kernel's tile (1024 elements
+compiled, 16384 under the interpreter; one test forces 64) and not multiples of it; affine and affine-free; NCHW and channels-last (NHWC) memory, out of place and in place.
 Tolerance: relative error below 1e-5 in float32, 1e-2 in bf16 (GPU only)."""
 
 from __future__ import annotations
@@ -69,6 +69,24 @@ def test_in_place(layout):
     expected = token_styled_group_norm_ref(_f64(x), _f64(scale), _f64(shift), NORM_GROUPS, NORM_EPS)
     assert token_styled_group_norm(x, scale, shift, NORM_GROUPS, NORM_EPS, out=x) is x
     assert_close(x, expected, 1e-5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_groups_walked_in_many_tiles(layout, monkeypatch):
+    """Tiles of 64 elements (the interpreter otherwise takes 16384): every group spans many tiles, and ragged ones."""
+    import bitdance_rt.kernels.group_norm_silu as module
+
+    monkeypatch.setattr(module, "BLOCK", 64)
+    monkeypatch.setattr(module, "INTERPRETER_BLOCK", 64)
+    x = (randn(2, 96, 7, 9, seed=17, scale=2.0) + 0.5).contiguous(memory_format=layout)
+    weight, bias = 1.0 + randn(96, seed=18, scale=0.3), randn(96, seed=19, scale=0.2)
+    out = _poisoned_like(x.shape, torch.float32, layout)
+    group_norm_silu(x, weight, bias, NORM_GROUPS, NORM_EPS, out=out)
+    assert_close(out, group_norm_silu_ref(_f64(x), _f64(weight), _f64(bias), NORM_GROUPS, NORM_EPS), 1e-5)
+    scale, shift = 1.0 + randn(2, 96, seed=20, scale=0.4), randn(2, 96, seed=21, scale=0.3)
+    out = _poisoned_like(x.shape, torch.float32, layout)
+    token_styled_group_norm(x, scale, shift, NORM_GROUPS, NORM_EPS, out=out)
+    assert_close(out, token_styled_group_norm_ref(_f64(x), _f64(scale), _f64(shift), NORM_GROUPS, NORM_EPS), 1e-5)
 
 
 def test_group_norm_silu_matches_the_reference_decoder_block():
