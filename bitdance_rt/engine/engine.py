@@ -43,11 +43,16 @@ class Engine:
         self._token_decoder = None
 
     @property
+    def fused_decoder(self) -> bool:
+        """Whether images are decoded by the ``EngineTokenDecoder`` (the decoder's GroupNorms are kernels here)."""
+        return self.ops.chosen.get("group_norm_silu") != "torch"
+
+    @property
     def token_decoder(self):
         """The decoder the engine decodes with: an ``EngineTokenDecoder`` over the model's decoder weights when the
         decoder's operations are kernels (Triton or CUDA providers; made on first use), None with the PyTorch
         operations, where the reference ``TokenDecoder`` decodes (``Family.decode``'s default): the oracle itself."""
-        if self._token_decoder is None and self.ops.chosen.get("group_norm_silu") != "torch":
+        if self._token_decoder is None and self.fused_decoder:
             from .token_decoder import EngineTokenDecoder
 
             self._token_decoder = EngineTokenDecoder(self.family.model.decoder, self.ops)

@@ -50,7 +50,7 @@ class ModelDims:
     patch: int
     decoder_width: int
     dense_attention: bool
-    decoder_bytes_per_pixel: float    # decoder_bytes_per_pixel(layout, its element size): peak bytes per output pixel
+    decoder_bytes_per_pixel: float    # decoder_bytes_per_pixel(layout, element size, fused): peak bytes per pixel
     decoder_out_channels: int
 
     token_bytes: int
@@ -67,7 +67,7 @@ class ModelDims:
                    head_width=engine.head.cfg.width, channels=engine.token_channels, patch=engine.patch,
                    decoder_width=decoder.level_channels[0],
                    decoder_bytes_per_pixel=decoder_bytes_per_pixel(
-                       decoder, next(family.model.decoder.parameters()).dtype.itemsize),
+                       decoder, next(family.model.decoder.parameters()).dtype.itemsize, engine.fused_decoder),
                    decoder_out_channels=decoder.out_channels,
                    dense_attention=engine.ops.chosen.get("block_attention_decode") == "torch",
                    quantization=family.quantization, weights_bytes=family.weights_bytes())
@@ -124,31 +124,40 @@ def peak_bytes(d: ModelDims, batch: int, join: int) -> int:
     return d.weights_bytes + batch + join
 
 
-def decoder_bytes_per_pixel(layout, element_bytes: int) -> float:
-    """Bytes one decoder pass (the engine's ``EngineTokenDecoder``, ``engine/token_decoder.py``) keeps alive at its
-    peak, per output pixel of one image; ``layout`` a ``DecoderLayout``, activations of ``element_bytes`` each.
+def decoder_bytes_per_pixel(layout, element_bytes: int, fused: bool = True) -> float:
+    """Bytes one decoder pass keeps alive at its peak, per output pixel of one image; ``layout`` a
+    ``DecoderLayout``, activations of ``element_bytes`` each; ``fused``: the engine's ``EngineTokenDecoder``
+    (``engine/token_decoder.py``), else the reference ``TokenDecoder`` module (the PyTorch operations' engine).
 
     Level L (0 = full resolution) has ``1/4^L`` pixels per output pixel; counted in channels there, the stages are:
-    ``conv_in``: z, its noise map (GAN), their concatenation and the output; a residual block of widths a -> b:
-    ``max(2a + b, a + 2b)`` (x, the normed x and conv1's output; then x, the in-place normed h and conv2's output;
-    then x, that output and the shortcut); the token-styled norm and the final norm run in place (no extra map);
-    an upsampler of width c: ``8c`` (its 4c conv output and the 4c depth-to-space copy); ``conv_out``: its input and
-    output. The peak is the largest stage, plus the pass's output (``out_channels`` at full resolution). Not
-    counted: cuDNN's workspace and allocator rounding (a margin: ``DECODE_PASS_BYTES`` is far below a GPU's
-    memory); under CUDA graphs the graph's private pool keeps this peak reserved between passes.
+    ``conv_in``: z, its noise map (GAN), their concatenation and the output. A residual block of widths a -> b:
+    fused ``max(2a + b, a + 2b)`` (x, the normed x and conv1's output; then x, h normed in place and conv2's output;
+    then x, that output and the shortcut); reference ``max(4a, a + 4b)`` (x, the norm, its sigmoid and the
+    product; then x, h, h's norm, sigmoid and product). The token-styled norm: fused in place (no extra map),
+    reference ``4s`` (x, the norm, the product, the sum). An upsampler of width c: ``8c`` (its 4c conv output and
+    the 4c depth-to-space copy). The final norm and ``conv_out``: fused ``c0 + out`` (in place), reference ``4c0``.
+    The peak is the largest stage, plus the pass's output (``out_channels`` at full resolution). Not counted:
+    cuDNN's workspace and allocator rounding (a margin: ``DECODE_PASS_BYTES`` is far below a GPU's memory); under
+    CUDA graphs the graphs' shared private pool keeps this peak reserved between passes.
     """
     levels = layout.level_channels
     deepest = len(levels) - 1
     z = layout.z_channels
+
+    def block(a: int, b: int) -> int:
+        return max(2 * a + b, a + 2 * b) if fused else max(4 * a, a + 4 * b)
+
     stages = [(z * (3 if layout.gan_decoder else 1) + layout.conv_in_channels - z + levels[-1]) / 4 ** deepest,
-              3 * levels[-1] / 4 ** deepest]
+              block(levels[-1], levels[-1]) / 4 ** deepest]
     for level in range(deepest, -1, -1):
         a, b = layout.style_channels(level), levels[level]
-        stages.append(max(2 * a + b, a + 2 * b) / 4 ** level)
-        stages.append(3 * b / 4 ** level)
+        if not fused:
+            stages.append(4 * a / 4 ** level)
+        stages.append(block(a, b) / 4 ** level)
+        stages.append(block(b, b) / 4 ** level)
         if level > 0:
             stages.append(8 * b / 4 ** level)
-    stages.append(levels[0] + layout.out_channels)
+    stages.append(levels[0] + layout.out_channels if fused else 4 * levels[0])
     return (max(stages) + layout.out_channels) * element_bytes
 
 

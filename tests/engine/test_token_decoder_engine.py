@@ -157,6 +157,7 @@ def test_release_decoder_chunks():
                                     "out_ch": 3}, False, "release")
     per_pixel = decoder_bytes_per_pixel(release, 2)
     assert per_pixel == (3 * 256 + 3) * 2
+    assert decoder_bytes_per_pixel(release, 2, fused=False) == (5 * 256 + 3) * 2  # the reference module's peak
     for side, images, chunk in ((256, 256, 32), (1024, 16, 2)):
         assert images_per_pass(per_pixel, side, side) == chunk
         assert chunk * side * side * per_pixel <= DECODE_PASS_BYTES
