@@ -12,7 +12,11 @@ every element is read and then written by the same program after its group's sta
 One program per (image, group): the group's ``C/G`` channels × ``H·W`` pixels (NCHW: one run of consecutive
 elements, walked in 1-D chunks of ``BLOCK``; NHWC: ``H·W`` runs of ``C/G`` channels, in tiles of ``BLOCK_P`` pixels
 × ``BLOCK_C`` channels) are walked three times (the mean, the variance about it, then normalize, modulate,
-swish and store), so any image size fits without a group's tile in registers. Dtypes: float32, bfloat16 or
+swish and store), so any image size fits without a group's tile in registers. A group of more than
+``SPLIT_ELEMENTS`` elements (the decoder's top levels: 8·1024² per group at 1024²) is cut into spans: a first kernel
+writes each span's mean and squared deviations (float32 partials), the second merges them (Chan's formula) and
+normalizes each span in a program of its own, so a batch of 2 images still fills the GPU. The spans depend only
+on the group's size (never on the batch). Dtypes: float32, bfloat16 or
 float16, alike; statistics and arithmetic in float32, one rounding at the store. Replaces PyTorch's group_norm,
 sigmoid and multiply (three launches, two full-size temporaries), or group_norm, multiply and add.
 """
@@ -33,45 +37,123 @@ KERNEL = "group_norm_silu"
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024   # elements of one tile (BLOCK_P pixels x BLOCK_C channels)
 INTERPRETER_BLOCK = 16384   # under the interpreter, per-operation overhead dominates: fewer, larger tiles
+SPLIT_ELEMENTS = 1 << 16    # a group larger than this is normalized by several programs (the GPU's SMs stay busy)
+INTERPRETER_SPLIT_ELEMENTS = 1 << 24   # ... but not under the interpreter, where each program costs much
 
 
 @triton.jit
-def _group_norm_silu_kernel(x_ptr, w_ptr, b_ptr, out_ptr, hw, channels, channels_per_group, groups,
-                            x_image_stride, x_pixel_stride, out_image_stride, out_pixel_stride, eps,
-                            AFFINE: tl.constexpr, STYLED: tl.constexpr, SILU: tl.constexpr,
-                            CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    # NCHW: a group is C/G·H·W consecutive elements, walked in 1-D chunks of BLOCK_P·BLOCK_C.
-    # NHWC: a group is H·W runs of C/G consecutive channels (pixel stride C), walked in [BLOCK_P, BLOCK_C] tiles.
+def _range_sum(x_base, lo, hi, first_channel, channels_per_group, x_pixel_stride, shift, SQUARES: tl.constexpr,
+               CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Sum (or, with SQUARES, the sum of squared deviations from ``shift``) of one group's units ``[lo, hi)``: NHWC
+    units are pixels of ``channels_per_group`` channels from ``first_channel``; NCHW units are elements from
+    ``x_base`` (already at the group's first element)."""
+    if CHANNELS_LAST:
+        offs_p = tl.arange(0, BLOCK_P)
+        offs_c = tl.arange(0, BLOCK_C)
+        acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+        for c0 in range(0, channels_per_group, BLOCK_C):
+            c = first_channel + c0 + offs_c
+            c_in = (c0 + offs_c) < channels_per_group
+            for p0 in range(lo, hi, BLOCK_P):
+                p = p0 + offs_p
+                inside = (p[:, None] < hi) & c_in[None, :]
+                v = tl.load(x_base + p[:, None].to(tl.int64) * x_pixel_stride + c[None, :], mask=inside, other=0.0)
+                v = v.to(tl.float32)
+                if SQUARES:
+                    d = tl.where(inside, v - shift, 0.0)
+                    acc += d * d
+                else:
+                    acc += v
+        total = tl.sum(tl.sum(acc, axis=1), axis=0)
+    else:
+        offs = tl.arange(0, BLOCK_P * BLOCK_C)
+        acc1 = tl.zeros([BLOCK_P * BLOCK_C], dtype=tl.float32)
+        for start in range(lo, hi, BLOCK_P * BLOCK_C):
+            idx = start + offs
+            inside = idx < hi
+            v = tl.load(x_base + idx, mask=inside, other=0.0).to(tl.float32)
+            if SQUARES:
+                d = tl.where(inside, v - shift, 0.0)
+                acc1 += d * d
+            else:
+                acc1 += v
+        total = tl.sum(acc1, axis=0)
+    return total
+
+
+@triton.jit
+def _group_stats_kernel(x_ptr, part_ptr, hw, channels_per_group, groups, x_image_stride, x_pixel_stride, span,
+                        splits, CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per (image, group) and split of its units: the split's mean and sum of squared deviations about it."""
     pid = tl.program_id(0)
+    split = tl.program_id(1)
+    image = pid // groups
+    first_channel = (pid % groups) * channels_per_group
+    x_base = x_ptr + image.to(tl.int64) * x_image_stride
+    if CHANNELS_LAST:
+        total_units = hw
+        unit = channels_per_group
+    else:
+        total_units = hw * channels_per_group
+        unit = 1
+        x_base += first_channel.to(tl.int64) * hw
+    lo = split * span
+    hi = tl.minimum(lo + span, total_units)
+    n = ((hi - lo) * unit).to(tl.float32)
+    mean = _range_sum(x_base, lo, hi, first_channel, channels_per_group, x_pixel_stride, 0.0, False, CHANNELS_LAST,
+                      BLOCK_P, BLOCK_C) / n
+    m2 = _range_sum(x_base, lo, hi, first_channel, channels_per_group, x_pixel_stride, mean, True, CHANNELS_LAST,
+                    BLOCK_P, BLOCK_C)
+    tl.store(part_ptr + (pid * splits + split) * 2, mean)
+    tl.store(part_ptr + (pid * splits + split) * 2 + 1, m2)
+
+
+@triton.jit
+def _group_norm_silu_kernel(x_ptr, w_ptr, b_ptr, out_ptr, part_ptr, hw, channels, channels_per_group, groups,
+                            x_image_stride, x_pixel_stride, out_image_stride, out_pixel_stride, span, splits, eps,
+                            AFFINE: tl.constexpr, STYLED: tl.constexpr, SILU: tl.constexpr,
+                            CHANNELS_LAST: tl.constexpr, SPLIT: tl.constexpr, SPLITS_BLOCK: tl.constexpr,
+                            BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    # NCHW: a group is C/G·H·W consecutive elements (units), walked in 1-D chunks of BLOCK_P·BLOCK_C.
+    # NHWC: a group is H·W pixels (units) of C/G consecutive channels (pixel stride C), in [BLOCK_P, BLOCK_C] tiles.
+    # SPLIT: program (pid, split) normalizes units [split·span, +span) with statistics merged from the split
+    # partials of _group_stats_kernel (Chan's formula); else one program per group computes them itself.
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
     image = pid // groups
     first_channel = (pid % groups) * channels_per_group
     x_base = x_ptr + image.to(tl.int64) * x_image_stride
     out_base = out_ptr + image.to(tl.int64) * out_image_stride
     count = hw * channels_per_group
     if CHANNELS_LAST:
+        total_units = hw
+        unit = channels_per_group
+    else:
+        total_units = count
+        unit = 1
+        x_base += first_channel.to(tl.int64) * hw
+        out_base += first_channel.to(tl.int64) * hw
+    lo = split * span
+    hi = tl.minimum(lo + span, total_units)
+    if SPLIT:
+        offs_s = tl.arange(0, SPLITS_BLOCK)
+        s_in = offs_s < splits
+        part_means = tl.load(part_ptr + (pid * splits + offs_s) * 2, mask=s_in, other=0.0)
+        part_m2 = tl.load(part_ptr + (pid * splits + offs_s) * 2 + 1, mask=s_in, other=0.0)
+        part_n = (tl.minimum((offs_s + 1) * span, total_units) - offs_s * span) * unit
+        part_n = tl.where(s_in, part_n, 0).to(tl.float32)
+        mean = tl.sum(part_n * part_means, axis=0) / count
+        d = tl.where(s_in, part_means - mean, 0.0)
+        m2 = tl.sum(part_m2, axis=0) + tl.sum(part_n * d * d, axis=0)
+    else:
+        mean = _range_sum(x_base, 0, total_units, first_channel, channels_per_group, x_pixel_stride, 0.0, False,
+                          CHANNELS_LAST, BLOCK_P, BLOCK_C) / count
+        m2 = _range_sum(x_base, 0, total_units, first_channel, channels_per_group, x_pixel_stride, mean, True,
+                        CHANNELS_LAST, BLOCK_P, BLOCK_C)
+    inv_std = 1.0 / tl.sqrt(m2 / count + eps)
+    if CHANNELS_LAST:
         offs_p = tl.arange(0, BLOCK_P)
         offs_c = tl.arange(0, BLOCK_C)
-        total = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-        for c0 in range(0, channels_per_group, BLOCK_C):
-            c = first_channel + c0 + offs_c
-            c_in = (c0 + offs_c) < channels_per_group
-            for p0 in range(0, hw, BLOCK_P):
-                p = p0 + offs_p
-                inside = (p[:, None] < hw) & c_in[None, :]
-                off = p[:, None].to(tl.int64) * x_pixel_stride + c[None, :]
-                total += tl.load(x_base + off, mask=inside, other=0.0).to(tl.float32)
-        mean = tl.sum(tl.sum(total, axis=1), axis=0) / count
-        spread = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-        for c0 in range(0, channels_per_group, BLOCK_C):
-            c = first_channel + c0 + offs_c
-            c_in = (c0 + offs_c) < channels_per_group
-            for p0 in range(0, hw, BLOCK_P):
-                p = p0 + offs_p
-                inside = (p[:, None] < hw) & c_in[None, :]
-                off = p[:, None].to(tl.int64) * x_pixel_stride + c[None, :]
-                d = tl.where(inside, tl.load(x_base + off, mask=inside, other=0.0).to(tl.float32) - mean, 0.0)
-                spread += d * d
-        inv_std = 1.0 / tl.sqrt(tl.sum(tl.sum(spread, axis=1), axis=0) / count + eps)
         for c0 in range(0, channels_per_group, BLOCK_C):
             c = first_channel + c0 + offs_c
             c_in = (c0 + offs_c) < channels_per_group
@@ -81,9 +163,9 @@ def _group_norm_silu_kernel(x_ptr, w_ptr, b_ptr, out_ptr, hw, channels, channels
             if STYLED:
                 w = tl.load(w_ptr + image * channels + c, mask=c_in, other=1.0).to(tl.float32)
                 b = tl.load(b_ptr + image * channels + c, mask=c_in, other=0.0).to(tl.float32)
-            for p0 in range(0, hw, BLOCK_P):
+            for p0 in range(lo, hi, BLOCK_P):
                 p = (p0 + offs_p).to(tl.int64)
-                inside = (p[:, None] < hw) & c_in[None, :]
+                inside = (p[:, None] < hi) & c_in[None, :]
                 v = tl.load(x_base + p[:, None] * x_pixel_stride + c[None, :], mask=inside, other=0.0)
                 v = (v.to(tl.float32) - mean) * inv_std
                 if AFFINE or STYLED:
@@ -93,24 +175,10 @@ def _group_norm_silu_kernel(x_ptr, w_ptr, b_ptr, out_ptr, hw, channels, channels
                 tl.store(out_base + p[:, None] * out_pixel_stride + c[None, :], v.to(out_ptr.dtype.element_ty),
                          mask=inside)
     else:
-        BLOCK: tl.constexpr = BLOCK_P * BLOCK_C
-        x_base += first_channel.to(tl.int64) * hw
-        out_base += first_channel.to(tl.int64) * hw
-        offs = tl.arange(0, BLOCK)
-        total = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, count, BLOCK):
+        offs = tl.arange(0, BLOCK_P * BLOCK_C)
+        for start in range(lo, hi, BLOCK_P * BLOCK_C):
             idx = start + offs
-            total += tl.load(x_base + idx, mask=idx < count, other=0.0).to(tl.float32)
-        mean = tl.sum(total, axis=0) / count
-        spread = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, count, BLOCK):
-            idx = start + offs
-            d = tl.where(idx < count, tl.load(x_base + idx, mask=idx < count, other=0.0).to(tl.float32) - mean, 0.0)
-            spread += d * d
-        inv_std = 1.0 / tl.sqrt(tl.sum(spread, axis=0) / count + eps)
-        for start in range(0, count, BLOCK):
-            idx = start + offs
-            inside = idx < count
+            inside = idx < hi
             v = (tl.load(x_base + idx, mask=inside, other=0.0).to(tl.float32) - mean) * inv_std
             if AFFINE:
                 channel = first_channel + idx // hw
@@ -153,16 +221,31 @@ def _launch(kernel: str, x: torch.Tensor, w: torch.Tensor | None, b: torch.Tenso
         return out
     hw = height * width
     cpg = channels // groups
-    block = max(BLOCK, INTERPRETER_BLOCK) if triton_interpreter_on() else BLOCK
+    interpreted = triton_interpreter_on()
+    block = max(BLOCK, INTERPRETER_BLOCK) if interpreted else BLOCK
     block_c = min(triton.next_power_of_2(cpg), block) if channels_last else 1
     block_p = block // block_c
     affine = w is not None
-    # NHWC: pixel stride C (channels consecutive); NCHW: a group's channels and pixels are consecutive
-    _group_norm_silu_kernel[(batch * groups,)](
-        x, w if affine else x, b if affine else x, out, hw, channels, cpg, groups,
-        x.stride(0), x.stride(3), out.stride(0), out.stride(3), eps,
-        AFFINE=affine and not styled, STYLED=styled, SILU=silu, CHANNELS_LAST=channels_last,
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    # units: NHWC pixels (of cpg channels), NCHW elements; a group above SPLIT_ELEMENTS is split into spans of units
+    # normalized by programs of their own (statistics merged from per-span partials), a count that depends only
+    # on the group's size, so an image's result never depends on the batch
+    total_units, unit = (hw, cpg) if channels_last else (hw * cpg, 1)
+    split_elements = max(SPLIT_ELEMENTS, INTERPRETER_SPLIT_ELEMENTS) if interpreted else SPLIT_ELEMENTS
+    span = max(1, split_elements // unit)
+    span = -(-span // block_p) * block_p if channels_last else -(-span // block) * block  # whole tiles
+    splits = -(-total_units // span)
+    if splits > 1:
+        part = torch.empty(batch * groups * splits * 2, dtype=torch.float32, device=x.device)
+        _group_stats_kernel[(batch * groups, splits)](
+            x, part, hw, cpg, groups, x.stride(0), x.stride(3), span, splits, CHANNELS_LAST=channels_last,
+            BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    else:
+        part, span = x, total_units
+    _group_norm_silu_kernel[(batch * groups, splits)](
+        x, w if affine else x, b if affine else x, out, part, hw, channels, cpg, groups,
+        x.stride(0), x.stride(3), out.stride(0), out.stride(3), span, splits, eps,
+        AFFINE=affine and not styled, STYLED=styled, SILU=silu, CHANNELS_LAST=channels_last, SPLIT=splits > 1,
+        SPLITS_BLOCK=triton.next_power_of_2(splits), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
     return out
 
 

@@ -2,7 +2,7 @@
 token-styled GroupNorm: per-(image, channel) scale and shift) against their float64 references and against the
 reference decoder's own modules, through the interpreter on the CPU. Fresh seeded random inputs with an offset and
 spread far from (0, 1); outputs NaN-poisoned; groups larger and smaller than the kernel's tile (1024 elements
-compiled, 16384 under the interpreter; one test forces 64) and not multiples of it; affine and affine-free; NCHW and channels-last (NHWC) memory, out of place and in place.
+compiled, 16384 under the interpreter; one test forces 64) and not multiples of it; groups split across programs (forced small); affine and affine-free; NCHW and channels-last (NHWC) memory, out of place and in place.
 Tolerance: relative error below 1e-5 in float32, 1e-2 in bf16 (GPU only)."""
 
 from __future__ import annotations
@@ -71,14 +71,20 @@ def test_in_place(layout):
     assert_close(x, expected, 1e-5)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one_program", "split"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_groups_walked_in_many_tiles(layout, monkeypatch):
-    """Tiles of 64 elements (the interpreter otherwise takes 16384): every group spans many tiles, and ragged ones."""
+def test_groups_walked_in_many_tiles(layout, split, monkeypatch):
+    """Tiles of 64 elements (the interpreter otherwise takes 16384): every group spans many tiles, and ragged ones;
+    ``split``: groups above 100 elements are cut into spans (NCHW: 4 spans of 128, 128, 128, 45 elements; NHWC: 3 of
+    48, 48, 47 pixels) normalized by programs of their own from merged partial statistics."""
     import bitdance_rt.kernels.group_norm_silu as module
 
     monkeypatch.setattr(module, "BLOCK", 64)
     monkeypatch.setattr(module, "INTERPRETER_BLOCK", 64)
-    x = (randn(2, 96, 7, 9, seed=17, scale=2.0) + 0.5).contiguous(memory_format=layout)
+    if split:
+        monkeypatch.setattr(module, "SPLIT_ELEMENTS", 100)
+        monkeypatch.setattr(module, "INTERPRETER_SPLIT_ELEMENTS", 100)
+    x = (randn(2, 96, 13, 11, seed=17, scale=2.0) + 0.5).contiguous(memory_format=layout)
     weight, bias = 1.0 + randn(96, seed=18, scale=0.3), randn(96, seed=19, scale=0.2)
     out = _poisoned_like(x.shape, torch.float32, layout)
     group_norm_silu(x, weight, bias, NORM_GROUPS, NORM_EPS, out=out)
