@@ -88,9 +88,9 @@ def reference64(decoder: TokenDecoder, z: torch.Tensor, seed: int | None) -> tor
         return ref(z.double(), None)
 
 
-# (layout, channels-last): each layout once in each memory layout but the slowest (the interpreter is slow)
-CASES = [("tiny_family", False), ("tiny_family", True), ("tiny_family_gan", True), ("widths", False),
-         ("widths", True), ("gan_widths", False)]
+# (layout, channels-last): both memory layouts, each layout at least once (the interpreter is slow)
+CASES = [("tiny_family", False), ("tiny_family", True), ("tiny_family_gan", True), ("widths", True),
+         ("gan_widths", False)]
 
 
 @pytest.mark.parametrize("name, channels_last", CASES, ids=[f"{n}-{'nhwc' if c else 'nchw'}" for n, c in CASES])
