@@ -33,6 +33,16 @@ LAYOUTS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def exact_float32_convolutions():
+    """On a GPU cuDNN runs float32 convolutions in TF32 by default (a 10-bit mantissa): off while these tests run,
+    so the bound measures float32 arithmetic (no effect on the CPU)."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = before
+
+
 @pytest.fixture(scope="module")
 def triton_ops():
     return OpSet(ENGINE_DEVICE, "triton")
