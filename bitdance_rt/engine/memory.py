@@ -134,8 +134,8 @@ def decoder_bytes_per_pixel(layout, element_bytes: int, fused: bool = True) -> f
     fused ``max(2a + b, a + 2b)`` (x, the normed x and conv1's output; then x, h normed in place and conv2's output;
     then x, that output and the shortcut); reference ``max(4a, a + 4b)`` (x, the norm, its sigmoid and the
     product; then x, h, h's norm, sigmoid and product). The token-styled norm: fused in place (no extra map),
-    reference ``4s`` (x, the norm, the product, the sum). An upsampler of width c: ``8c`` (its 4c conv output and
-    the 4c depth-to-space copy). The final norm and ``conv_out``: fused ``c0 + out`` (in place), reference ``4c0``.
+    reference ``4s`` (x, the norm, the product, the sum). An upsampler of width c: ``9c`` (its input, held until
+    it returns, its 4c conv output and the 4c depth-to-space copy). The final norm and ``conv_out``: fused ``c0 + out`` (in place), reference ``4c0``.
     The peak is the largest stage, plus the pass's output (``out_channels`` at full resolution). Not counted:
     cuDNN's workspace and allocator rounding (a margin: ``DECODE_PASS_BYTES`` is far below a GPU's memory); under
     CUDA graphs the graphs' shared private pool keeps this peak reserved between passes.
@@ -156,7 +156,7 @@ def decoder_bytes_per_pixel(layout, element_bytes: int, fused: bool = True) -> f
         stages.append(block(a, b) / 4 ** level)
         stages.append(block(b, b) / 4 ** level)
         if level > 0:
-            stages.append(8 * b / 4 ** level)
+            stages.append(9 * b / 4 ** level)
     stages.append(levels[0] + layout.out_channels if fused else 4 * levels[0])
     return (max(stages) + layout.out_channels) * element_bytes
 
