@@ -40,6 +40,23 @@ class Engine:
                                                                      layout.ffn_width)
         self.patch, self.token_channels = family.parallel, family.token_channels
         self.cache_shape = (len(layout.layers), layout.kv_heads, layout.head_dim)  # layers, KV heads, head dim
+        self._token_decoder = None
+
+    @property
+    def fused_decoder(self) -> bool:
+        """Whether images are decoded by the ``EngineTokenDecoder`` (the decoder's GroupNorms are kernels here)."""
+        return self.ops.chosen.get("group_norm_silu") != "torch"
+
+    @property
+    def token_decoder(self):
+        """The decoder the engine decodes with: an ``EngineTokenDecoder`` over the model's decoder weights when the
+        decoder's operations are kernels (Triton or CUDA providers; made on first use), None with the PyTorch
+        operations, where the reference ``TokenDecoder`` decodes (``Family.decode``'s default): the oracle itself."""
+        if self._token_decoder is None and self.fused_decoder:
+            from .token_decoder import EngineTokenDecoder
+
+            self._token_decoder = EngineTokenDecoder(self.family.model.decoder, self.ops)
+        return self._token_decoder
 
     @property
     def device(self) -> torch.device:

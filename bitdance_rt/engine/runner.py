@@ -242,7 +242,12 @@ class ModelRunner:
         """Images of ``tokens`` for ``spec`` as ``output_type`` (decoded with the request's seed, for GAN
         decoders' noise)."""
         generator = None if spec.seed is None else torch.Generator(device=self.device).manual_seed(spec.seed)
-        return format_images(self.family.decode(tokens, spec.grid, generator), output_type)
+        return format_images(self._family_decode(tokens, spec.grid, generator), output_type)
+
+    def _family_decode(self, tokens: torch.Tensor, grid: tuple[int, int], generator) -> torch.Tensor:
+        """The family's decode with the engine's decoder (``Engine.token_decoder``: the kernels' decoder, chunked
+        by ``memory.decode_chunk``; the reference module with the PyTorch operations)."""
+        return self.family.decode(tokens, grid, generator, self.engine.token_decoder)
 
     def output(self, request_id: str, spec) -> tuple[object, torch.Tensor]:
         """A finished request's images (as its ``output_type``; None for ``"tokens"``) and its tokens on the CPU;
@@ -280,19 +285,21 @@ class ModelRunner:
         """Decode ``parts`` (spec, first row of ``tokens``, images, result to fill) of one batch (one size): one
         decoder pass over all their images (chunked when their maps would exceed ``memory.DECODE_PASS_BYTES``), or
         with ``together=False`` one pass per request (its images then never depend on what finished with it: a
-        decoder pass's arithmetic may depend on its batch size); one conversion to pixels for the PIL/NumPy ones."""
+        decoder pass's arithmetic may depend on its batch size; the kernels' decoder splits a request's pass into
+        chunks of ``memory.decode_chunk`` images, which depend only on the request's own image count and size);
+        one conversion to pixels for the PIL/NumPy ones."""
         if not parts:
             return
         spec0 = parts[0][0]
         if self.family.model.decoder_layout.gan_decoder or not together:
-            images = torch.cat([self.family.decode(tokens[s:s + n], spec.grid, None if spec.seed is None else
-                                                   torch.Generator(device=self.device).manual_seed(spec.seed))
+            images = torch.cat([self._family_decode(tokens[s:s + n], spec.grid, None if spec.seed is None else
+                                                    torch.Generator(device=self.device).manual_seed(spec.seed))
                                 for spec, s, n, _ in parts])
         else:  # in chunks of images whose decoder maps fit DECODE_PASS_BYTES (memory.decode_chunk)
             index = torch.tensor([s + k for _, s, n, _ in parts for k in range(n)], dtype=torch.int64)
             picked = tokens.index_select(0, index.to(tokens.device))
             chunk = decode_chunk(self.dims, spec0.height, spec0.width)
-            pieces = [self.family.decode(picked[i:i + chunk], spec0.grid, None) for i in range(0, len(index), chunk)]
+            pieces = [self._family_decode(picked[i:i + chunk], spec0.grid, None) for i in range(0, len(index), chunk)]
             images = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         firsts, start = [], 0
         for _, _, n, _ in parts:
