@@ -20,7 +20,7 @@ import torch
 from shapes import T2I_14B, T2I_DECODE
 
 from bitdance_rt.cuda_ops.pre_attention import qk_norm_rope_append
-from bitdance_rt.kernels import kv_append as triton_pre_attention
+from bitdance_rt.kernels import pre_attention as triton_pre_attention
 from bitdance_rt.reference.qwen3 import rms_norm_hf
 from bitdance_rt.reference.rope import apply_rotate_half, rotate_half_tables
 

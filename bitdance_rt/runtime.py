@@ -187,7 +187,7 @@ class Runtime:
             if first.output_type != "tokens":
                 t1 = time.perf_counter()
                 with self._device_lock:
-                    images = format_images(self.family.decode(tokens, first.grid, call.generator), first.output_type)
+                    images = format_images(self._decode(tokens, first.grid, call.generator), first.output_type)
                 timings["decode_s"] = time.perf_counter() - t1
         return GenerationOutput(images=images, tokens=tokens.to("cpu", torch.int8), height=first.height,
                                 width=first.width, seed=call.seed, timings=timings)
@@ -232,7 +232,7 @@ class Runtime:
         are prefilled in one pass."""
         with self._serving_setup:
             if self._generate_scheduler is None:
-                self._generate_scheduler = self._new_scheduler("generate", max_batch=rows, joint_joins=True)
+                self._generate_scheduler = self._new_scheduler("generate", max_batch=rows)
         self._generate_scheduler.max_batch = rows
         return self._generate_scheduler
 
@@ -289,7 +289,13 @@ class Runtime:
         if generator is None and seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         with torch.no_grad(), self._device_lock:
-            return format_images(self.family.decode(tokens, grid, generator), output_type)
+            return format_images(self._decode(tokens, grid, generator), output_type)
+
+    def _decode(self, tokens: torch.Tensor, grid: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
+        """Tokens to the decoder's float images: with the engine's decoder on the engine backends (the kernels'
+        ``EngineTokenDecoder``, in chunks), the reference module on the reference backend."""
+        decoder = None if self.engine is None else self.engine.token_decoder
+        return self.family.decode(tokens, grid, generator, decoder)
 
 
 def _tokens_only(spec: RequestSpec, seeds: list[int]) -> RequestSpec:

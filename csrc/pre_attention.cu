@@ -4,7 +4,7 @@
 // the weight, round), rotate-half RoPE at position lengths[b] + t with the float32 tables rounded to the input
 // dtype and every product and sum rounded as transformers rounds them; q goes to q_out [B, Hq, T, D], the rotated
 // K and the copied V to the caches [B, Hkv, Lmax, D] at row lengths[b] + t. Same contract as the Triton kernel
-// (kernels/kv_append.py) and bitdance_rt/reference/pre_attention.py:
+// (kernels/pre_attention.py) and bitdance_rt/reference/pre_attention.py:
 //   q [B, T, Hq, D], k and v [B, T, Hkv, D] (strided views, channel stride 1), float32 / bf16 / fp16;
 //   norm weights [D] in that dtype; cos, sin float32 [max_pos, D] contiguous; caches contiguous; lengths int32 [B]
 //   on the device (never read on the host). Positions outside the tables give zeros for q and k; positions outside

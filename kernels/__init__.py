@@ -15,6 +15,7 @@ in ``bitdance_rt.reference`` it must equal (tests/kernels compare them on random
 | ``input_projection`` | the head's ``input_proj`` of the float32 sample (cast to the weight's dtype) with its rows stored once per guidance half | ``reference.head_ops.input_projection_ref`` |
 | ``final_layer`` | the head's final layer (affine-free LayerNorm, modulation, linear D -> C, optional ``2·sigmoid − 1``), D reduced in chunks; ``final_layer_step`` fuses it with the sampler step | ``reference.head_ops.final_layer_ref``, ``final_layer_step_ref`` |
 | ``sampler_step`` | one Euler–Maruyama step from the head's output (velocity, guidance, score, drift, noise); the last Euler step with sign and bit packing | ``reference.sampler.step_from_prediction`` |
+| ``group_norm_silu`` | the token decoder's GroupNorm + swish (``group_norm_silu``) and token-styled GroupNorm (``token_styled_group_norm``: per-(image, channel) scale and shift), NCHW or channels-last, in place allowed | ``reference.decoder_ops`` |
 | ``token_packing`` | sign quantization, ±1 ↔ packed 32-bit words | ``reference.token_packing`` |
 | ``int8_weight_gemm`` | ``x @ (Wq·scales)ᵀ + bias``: int8 weights per output channel, dequantized in registers, bf16/fp32 activations, optional split-K | ``quantization.reference_linear.int8_weight_gemm_reference`` |
 | ``fp8_gemm`` | W8A8 e4m3 GEMM: per-token or 1×128-group activation scales × per-channel or 128×128-block weight scales, float32 accumulation, optional split-K | ``quantization.reference_linear.fp8_gemm_reference`` |

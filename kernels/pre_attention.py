@@ -29,13 +29,12 @@ import torch
 import triton
 import triton.language as tl
 
-from bitdance_rt.ops.argument_checks import check_tensor
+from bitdance_rt.ops.pre_attention_contract import check_pre_attention, q_output
 from bitdance_rt.reference.pre_attention import qk_norm_rope_append_reference, rope_append_interleaved_reference
 
 REFERENCE = {"qk_norm_rope_append": qk_norm_rope_append_reference,
              "rope_append_interleaved": rope_append_interleaved_reference}
 
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TILE_ELEMENTS = 4096  # (token, head) rows x padded channels handled by one program at most
 
 
@@ -177,48 +176,16 @@ def _num_warps(tile_elements: int) -> int:
     return 4 if tile_elements <= 2048 else 8
 
 
-def _check_channel_stride(kernel: str, name: str, t: torch.Tensor) -> None:
-    if t.stride(-1) != 1:
-        raise ValueError(f"{kernel}: {name} must have stride 1 in its last (channel) dim, found strides "
-                         f"{tuple(t.stride())}; call .contiguous() first")
-
-
 def _launch(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor | None,
             k_weight: torch.Tensor | None, eps: float, cos_table: torch.Tensor, sin_table: torch.Tensor,
             k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, q_out: torch.Tensor | None,
             interleaved: bool) -> torch.Tensor:
-    check_tensor(kernel, "q", q, shape=(None, None, None, None), dtype=FLOAT_DTYPES, contiguous=False)
-    batch, length, q_heads, head_dim = q.shape
-    dtype, device = q.dtype, q.device
-    check_tensor(kernel, "k", k, shape=(batch, length, None, head_dim), dtype=dtype, device=device,
-                 contiguous=False)
-    kv_heads = k.shape[2]
-    check_tensor(kernel, "v", v, shape=(batch, length, kv_heads, head_dim), dtype=dtype, device=device,
-                 contiguous=False)
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_channel_stride(kernel, name, t)
-    if head_dim % 2:
-        raise ValueError(f"{kernel}: head dim D = {head_dim} must be even for RoPE")
-    if kv_heads == 0 or q_heads % kv_heads:
-        raise ValueError(f"{kernel}: q has {q_heads} heads, k and v {kv_heads}; expected a divisor of {q_heads}")
+    norm = None if interleaved else (q_weight, k_weight)
+    shape = check_pre_attention(kernel, q, k, v, norm, eps, cos_table, sin_table, k_cache, v_cache, lengths, q_out,
+                                interleaved)
+    batch, length, q_heads, kv_heads, head_dim, max_pos, max_len = shape
     table_width = head_dim // 2 if interleaved else head_dim
-    check_tensor(kernel, "cos_table", cos_table, shape=(None, table_width), dtype=torch.float32, device=device)
-    max_pos = cos_table.shape[0]
-    check_tensor(kernel, "sin_table", sin_table, shape=(max_pos, table_width), dtype=torch.float32, device=device)
-    check_tensor(kernel, "k_cache", k_cache, shape=(batch, kv_heads, None, head_dim), dtype=dtype, device=device)
-    max_len = k_cache.shape[2]
-    check_tensor(kernel, "v_cache", v_cache, shape=(batch, kv_heads, max_len, head_dim), dtype=dtype,
-                 device=device)
-    check_tensor(kernel, "lengths", lengths, shape=(batch,), dtype=torch.int32, device=device)
-    if q_weight is not None:
-        check_tensor(kernel, "q_norm_weight", q_weight, shape=(head_dim,), dtype=dtype, device=device)
-        check_tensor(kernel, "k_norm_weight", k_weight, shape=(head_dim,), dtype=dtype, device=device)
-        if not eps > 0:
-            raise ValueError(f"{kernel}: eps must be a positive number, found {eps!r}")
-    if q_out is None:
-        q_out = torch.empty(batch, q_heads, length, head_dim, dtype=dtype, device=device)
-    else:
-        check_tensor(kernel, "q_out", q_out, shape=(batch, q_heads, length, head_dim), dtype=dtype, device=device)
+    q_out = q_output(q, shape, q_out)
     if q_out.numel() == 0:
         return q_out
 
@@ -245,11 +212,7 @@ def qk_norm_rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_nor
                         q_out: torch.Tensor | None = None) -> torch.Tensor:
     """Qwen3 q/k per-head RMSNorm + rotate-half RoPE at ``lengths[b] + t``, K/V appended; returns q
     ``[B, Hq, T, D]``."""
-    kernel = "qk_norm_rope_append"
-    for name, weight in (("q_norm_weight", q_norm_weight), ("k_norm_weight", k_norm_weight)):
-        if not isinstance(weight, torch.Tensor):
-            raise TypeError(f"{kernel}: {name} must be a torch.Tensor, got {type(weight).__name__}")
-    return _launch(kernel, q, k, v, q_norm_weight, k_norm_weight, eps, cos_table, sin_table, k_cache, v_cache,
+    return _launch("qk_norm_rope_append", q, k, v, q_norm_weight, k_norm_weight, eps, cos_table, sin_table, k_cache, v_cache,
                    lengths, q_out, interleaved=False)
 
 

@@ -19,7 +19,6 @@ touches a tensor: it decides which requests run, where (slots) and when, and ask
 - Joins: the requests admitted into a group in one round are prefilled (and run their leading unguided steps) in
   one pass, in a shape fixed per batch (all its rows, the group's prefill length), so the device work of a join
   does not grow with the requests joining and a request's prefill never depends on what joins with it.
-  ``joint_joins`` is kept for callers; every scheduler now joins this way.
 
 Threads: ``submit``, ``cancel``, ``stats``, ``preview`` and the handles' methods may be called from any thread.
 ``step`` may be called from any thread, one at a time (concurrent calls wait for each other); a ``Worker``
@@ -52,11 +51,11 @@ from .worker import Worker
 class Scheduler:
     def __init__(self, runner, *, max_batch: int = DEFAULT_MAX_BATCH,
                  memory_budget: int | str | None = None, batch_invariant: bool = True, name: str = "serve",
-                 device_lock: threading.RLock | None = None, joint_joins: bool = False):
+                 device_lock: threading.RLock | None = None):
         self.runner, self.name = runner, name
         self.max_batch = check_max_batch(max_batch)
         self.memory_budget = parse_memory_budget(memory_budget)
-        self.batch_invariant, self.joint_joins = bool(batch_invariant), bool(joint_joins)
+        self.batch_invariant = bool(batch_invariant)
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.device_lock = device_lock or threading.RLock()

@@ -41,6 +41,23 @@ class Engine:
                                                                      layout.ffn_width)
         self.patch, self.token_channels = family.parallel, family.token_channels
         self.cache_shape = (len(layout.layers), layout.kv_heads, layout.head_dim)  # layers, KV heads, head dim
+        self._token_decoder = None
+
+    @property
+    def fused_decoder(self) -> bool:
+        """Whether images are decoded by the ``EngineTokenDecoder`` (the decoder's GroupNorms are kernels here)."""
+        return self.ops.chosen.get("group_norm_silu") != "torch"
+
+    @property
+    def token_decoder(self):
+        """The decoder the engine decodes with: an ``EngineTokenDecoder`` over the model's decoder weights when the
+        decoder's operations are kernels (Triton or CUDA providers; made on first use), None with the PyTorch
+        operations, where the reference ``TokenDecoder`` decodes (``Family.decode``'s default): the oracle itself."""
+        if self._token_decoder is None and self.fused_decoder:
+            from .token_decoder import EngineTokenDecoder
+
+            self._token_decoder = EngineTokenDecoder(self.family.model.decoder, self.ops)
+        return self._token_decoder
 
     @property
     def device(self) -> torch.device:
@@ -117,7 +134,7 @@ class Engine:
                 if view.guided:  # cache rows (cond, uncond) per slot -> the sampler's halves [cond..., uncond...]
                     cond = cond.view(slots, 2, p, w).transpose(0, 1).reshape(2 * slots, p, w)
                 keys = (view.seeds, view.ar_steps, view.rows_in_request)
-                tokens = self.head.sample_keyed(cond, keys, view.cfg, view.guided, times)
+                tokens = self.head.sample_keyed(cond, keys, view.guidance_scales, view.guided, times)
                 if view.guided:
                     view.feedback.view(slots, 2, p, c).copy_(tokens.view(2, slots, p, c).transpose(0, 1))
                 else:

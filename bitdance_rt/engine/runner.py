@@ -15,7 +15,8 @@ of tokens into images. The scheduler speaks to it in request ids, slot numbers a
   ``forget(request_id)``: a request's result, its picture so far, its tokens, and dropping its state.
 
 Device work is O(1) in the number of requests per call: a join draws the keyed noise of all its rows in one call per
-sampling step, and a step writes every slot's AR step and guidance scale in one copy each.
+sampling step, and a step writes every slot's AR step and guidance scale in one copy each. No host-to-device copy of
+a join or a step blocks the host: they go from pinned memory without waiting (``HostStaging``, ``_upload``).
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class ModelRunner:
         host = torch.tensor([[s * m + r for s in slot_list for r in range(m)] + [0] * (total - len(rows)),
                              [s for s in seeds for _ in range(m)] + [0] * (total - len(rows)),
                              [r for _ in seeds for r in range(m)] + [0] * (total - len(rows))], dtype=torch.int64)
-        index = host.to(self.device)
+        index = self._upload(host)
         row_index, slot_index = index[0, :len(rows)], index[0, :len(rows):m] // m
         leading = self.leading_unguided_steps(spec0)
         for j in joins:
@@ -178,6 +179,14 @@ class ModelRunner:
                 self._tokens.pop(j.request_id, None)
             raise
         return done
+
+    def _upload(self, host: torch.Tensor) -> torch.Tensor:
+        """A small host tensor (row indices, keys) on the device without blocking the host: on CUDA pinned first and
+        copied non-blocking (PyTorch's pinned-memory cache keeps the source until the copy has run), so the host
+        goes on scheduling while the device works."""
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     @staticmethod
     def _release(batch: SlotBatch, row_index: torch.Tensor) -> None:
@@ -201,7 +210,7 @@ class ModelRunner:
             scales[span] = self.family.guidance_at(a.spec.guidance, a.ar_step, a.spec.num_ar)
             if a.ar_step + 1 == a.spec.num_ar:
                 leaving.extend(range(a.first_slot * batch.mult, (a.first_slot + a.images) * batch.mult))
-        b.staging.send(batch.ar_steps, batch.cfg)
+        b.staging.send(batch.ar_steps, batch.guidance_scales)
         torch.index_select(b.positions, 0, batch.ar_steps.repeat_interleave(batch.mult), out=batch.pos)
         step = self.engine.ar_step(batch, slots)
         tokens = step.head()
@@ -209,7 +218,7 @@ class ModelRunner:
         cols = batch.ar_steps[:slots, None] * p + torch.arange(p, device=tokens.device)
         b.tokens[:slots].scatter_(1, cols[:, :, None].expand(-1, -1, c).long(), tokens.to(torch.int8))
         if leaving:
-            self._release(batch, torch.tensor(leaving, dtype=torch.int64).to(self.device))
+            self._release(batch, self._upload(torch.tensor(leaving, dtype=torch.int64)))
         if len(leaving) < sum(a.images for a in active) * batch.mult:
             step.decode()
 
@@ -233,7 +242,12 @@ class ModelRunner:
         """Images of ``tokens`` for ``spec`` as ``output_type`` (decoded with the request's seed, for GAN
         decoders' noise)."""
         generator = None if spec.seed is None else torch.Generator(device=self.device).manual_seed(spec.seed)
-        return format_images(self.family.decode(tokens, spec.grid, generator), output_type)
+        return format_images(self._family_decode(tokens, spec.grid, generator), output_type)
+
+    def _family_decode(self, tokens: torch.Tensor, grid: tuple[int, int], generator) -> torch.Tensor:
+        """The family's decode with the engine's decoder (``Engine.token_decoder``: the kernels' decoder, chunked
+        by ``memory.decode_chunk``; the reference module with the PyTorch operations)."""
+        return self.family.decode(tokens, grid, generator, self.engine.token_decoder)
 
     def output(self, request_id: str, spec) -> tuple[object, torch.Tensor]:
         """A finished request's images (as its ``output_type``; None for ``"tokens"``) and its tokens on the CPU;
@@ -271,19 +285,21 @@ class ModelRunner:
         """Decode ``parts`` (spec, first row of ``tokens``, images, result to fill) of one batch (one size): one
         decoder pass over all their images (chunked when their maps would exceed ``memory.DECODE_PASS_BYTES``), or
         with ``together=False`` one pass per request (its images then never depend on what finished with it: a
-        decoder pass's arithmetic may depend on its batch size); one conversion to pixels for the PIL/NumPy ones."""
+        decoder pass's arithmetic may depend on its batch size; the kernels' decoder splits a request's pass into
+        chunks of ``memory.decode_chunk`` images, which depend only on the request's own image count and size);
+        one conversion to pixels for the PIL/NumPy ones."""
         if not parts:
             return
         spec0 = parts[0][0]
         if self.family.model.decoder_layout.gan_decoder or not together:
-            images = torch.cat([self.family.decode(tokens[s:s + n], spec.grid, None if spec.seed is None else
-                                                   torch.Generator(device=self.device).manual_seed(spec.seed))
+            images = torch.cat([self._family_decode(tokens[s:s + n], spec.grid, None if spec.seed is None else
+                                                    torch.Generator(device=self.device).manual_seed(spec.seed))
                                 for spec, s, n, _ in parts])
         else:  # in chunks of images whose decoder maps fit DECODE_PASS_BYTES (memory.decode_chunk)
             index = torch.tensor([s + k for _, s, n, _ in parts for k in range(n)], dtype=torch.int64)
             picked = tokens.index_select(0, index.to(tokens.device))
             chunk = decode_chunk(self.dims, spec0.height, spec0.width)
-            pieces = [self.family.decode(picked[i:i + chunk], spec0.grid, None) for i in range(0, len(index), chunk)]
+            pieces = [self._family_decode(picked[i:i + chunk], spec0.grid, None) for i in range(0, len(index), chunk)]
             images = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         firsts, start = [], 0
         for _, _, n, _ in parts:

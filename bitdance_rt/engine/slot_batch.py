@@ -8,7 +8,7 @@ width, C token channels and N sampling steps:
 - ``cache``: a ``StaticKVCache`` of R rows; free rows are kept at length 0;
 - ``hidden [R, P, W]`` (backbone dtype): each row's hidden states of its current block, the next head's input;
 - ``pos [R, P, W]`` float32: each row's position term of its current block (rows sit at different AR steps);
-- ``cfg [S]`` float32: each slot's guidance scale at its AR step (read by the sampler on the device);
+- ``guidance_scales [S]`` float32: each slot's guidance scale at its AR step (read by the sampler on the device);
 - ``feedback [R, P, C]`` (head dtype): the tokens the next decode feeds back, in cache-row order;
 - ``live [R]`` int32: 1 on the rows of occupied slots; the decode multiplies the lengths by it, so free rows stay at
   length 0 whatever the pass computed for them;
@@ -38,7 +38,7 @@ class SlotBatch:
     cache: StaticKVCache
     hidden: torch.Tensor
     pos: torch.Tensor
-    cfg: torch.Tensor
+    guidance_scales: torch.Tensor
     feedback: torch.Tensor
     live: torch.Tensor
     seeds: torch.Tensor
@@ -66,7 +66,7 @@ class SlotBatch:
         return cls(slots=slots, mult=mult, patch=patch, num_steps=num_steps, cache=cache,
                    hidden=torch.zeros(rows, patch, width, device=device, dtype=hidden_dtype),
                    pos=torch.zeros(rows, patch, width, device=device),
-                   cfg=torch.ones(slots, device=device),
+                   guidance_scales=torch.ones(slots, device=device),
                    feedback=torch.zeros(rows, patch, channels, device=device, dtype=token_dtype),
                    live=torch.zeros(rows, device=device, dtype=torch.int32),
                    seeds=torch.zeros(slots, device=device, dtype=torch.int64),
@@ -86,7 +86,7 @@ class SlotBatch:
         rows = slots * self.mult
         return SlotBatch(slots=slots, mult=self.mult, patch=self.patch, num_steps=self.num_steps,
                          cache=self.cache.rows(0, rows), hidden=self.hidden[:rows], pos=self.pos[:rows],
-                         cfg=self.cfg[:slots], feedback=self.feedback[:rows],
+                         guidance_scales=self.guidance_scales[:slots], feedback=self.feedback[:rows],
                          live=self.live[:rows], seeds=self.seeds[:slots], ar_steps=self.ar_steps[:slots],
                          rows_in_request=self.rows_in_request[:slots])
 
@@ -103,7 +103,7 @@ class SlotBatch:
         rows = slots * mult
         return (rows * patch * width * (hidden_bytes + 4)      # hidden, pos (float32)
                 + rows * patch * channels * token_bytes         # feedback
-                + slots * (4 + 8 + 4 + 4) + rows * 4)          # cfg, seeds, ar_steps, rows_in_request; live
+                + slots * (4 + 8 + 4 + 4) + rows * 4)          # guidance_scales, seeds, ar_steps, rows_in_request; live
 
     def nbytes(self) -> int:
         return self.cache.nbytes() + self.buffer_bytes(self.slots, self.mult, self.patch, self.hidden.shape[-1],

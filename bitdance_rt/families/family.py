@@ -175,15 +175,18 @@ class Family:
         """The model's parts by name, for parameter counts."""
         raise NotImplementedError
 
-    def decode(self, tokens: torch.Tensor, grid: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, grid: tuple[int, int], generator: torch.Generator | None,
+               decoder: Callable | None = None) -> torch.Tensor:
         """Binary tokens ``[N, h·w, C]`` in generation order -> the decoder's float images ``[N, 3, H, W]``
-        (``generator`` feeds the noise of GAN decoders)."""
+        (``generator`` feeds the noise of GAN decoders). ``decoder``: what runs the token map, called as
+        ``decoder(z, generator)`` like the model's ``TokenDecoder`` (the default, the reference), e.g. the engine's
+        ``EngineTokenDecoder`` over the same weights."""
         from ..reference.patch_order import from_patch_raster
 
         weight = next(self.model.decoder.parameters())
         side = int(round(self.parallel ** 0.5))
         z = from_patch_raster(tokens.to(weight.device, weight.dtype), grid[0], grid[1], side)
-        return self.model.decoder(z, generator)
+        return (self.model.decoder if decoder is None else decoder)(z, generator)
 
     def describe(self) -> dict[str, Any]:
         """Family, P, sizes and widths of the loaded model (``Runtime.describe``)."""

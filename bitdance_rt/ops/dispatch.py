@@ -27,8 +27,9 @@ _TRITON = {
     "gated_residual": "kernels.gated_residual", "swiglu": "kernels.swiglu",
     "patch_attention": "kernels.patch_attention", "sampler_step": "kernels.sampler_step",
     "time_condition": "kernels.time_condition", "sigmoid_output": "kernels.sigmoid_output",
-    "group_norm_silu": "kernels.group_norm_silu", "input_projection": "kernels.input_projection",
-    "final_layer": "kernels.final_layer", "final_layer_step": "kernels.final_layer",
+    "group_norm_silu": "kernels.group_norm_silu", "token_styled_group_norm": "kernels.group_norm_silu",
+    "input_projection": "kernels.input_projection", "final_layer": "kernels.final_layer",
+    "final_layer_step": "kernels.final_layer",
     "sampler_final": "kernels.sampler_step", "sign_quantize": "kernels.token_packing",
     "pack_signs": "kernels.token_packing", "unpack_signs": "kernels.token_packing",
     "quantized_linear": "quantization.fast_linear",  # int8 / fp8 GEMM kernels (and the fp8 activation quantizer)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .sampler_contract import FinalTokens  # plain torch: no Triton import
-from ..reference.decoder_ops import group_norm_silu_ref
+from ..reference.decoder_ops import group_norm_silu_ref, token_styled_group_norm_ref
 from ..reference.attention import decode_allowed, masked_attention, prefill_allowed
 from ..reference.head_ops import (final_layer_ref, final_layer_step_ref, gated_residual_ref, input_projection_ref,
                                   layernorm_modulate_ref, patch_attention_ref, sigmoid_output_ref, swiglu_ref,
@@ -101,6 +101,10 @@ def final_layer_step(x, scale, shift, weight, bias, eps, sigmoid, sample, noise,
 
 def group_norm_silu(x, weight, bias, groups, eps, out=None):
     return _into(out, group_norm_silu_ref(x, weight, bias, groups, eps))
+
+
+def token_styled_group_norm(x, scale, shift, groups, eps, out=None):
+    return _into(out, token_styled_group_norm_ref(x, scale, shift, groups, eps))
 
 
 def swiglu(ab, out=None):

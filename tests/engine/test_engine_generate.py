@@ -1,5 +1,6 @@
 """The whole engine path through ``Runtime.generate(backend="triton")`` on the tiny models (CPU: Triton's
-interpreter, no CUDA graphs): tokens, determinism, per-request noise, and closeness to the reference backend."""
+interpreter, no CUDA graphs): tokens and images of both families, determinism. Each full run costs minutes in the
+interpreter, so what other tests check on faster paths is not repeated here (see the notes in the tests)."""
 
 from __future__ import annotations
 
@@ -32,16 +33,12 @@ def test_c2i_engine_generates_and_is_deterministic(c2i_engine):
                               output_type="np", callback=lambda k, n: steps.append((k, n)))
     assert out.tokens.shape == (2, 256, 32) and set(out.tokens.unique().tolist()) <= {-1, 0, 1}
     assert out.images.shape == (2, 256, 256, 3) and steps[-1] == (16, 16)
+    assert (out.tokens[0] != out.tokens[1]).double().mean() > 0.2  # each image has its own class and noise
     again = c2i_engine.generate(class_labels=[3, 7], num_sampling_steps=1, guidance_scale=3.0, seed=5,
                                 output_type="tokens")
     assert torch.equal(again.tokens, out.tokens)
-    # per-request noise: the first image does not depend on what shares its batch
-    alone = c2i_engine.generate(class_labels=[3], num_sampling_steps=1, guidance_scale=3.0, seed=5,
-                                output_type="tokens")
-    assert (alone.tokens[0] == out.tokens[0]).double().mean() >= 0.999
-    other = c2i_engine.generate(class_labels=[3, 7], num_sampling_steps=1, guidance_scale=3.0, seed=6,
-                                output_type="tokens")
-    assert (other.tokens != out.tokens).double().mean() > 0.2
+    # a request's image alone equals it in a crowd: tests/batching/test_crowd.py (the same engine, PyTorch
+    # operations; every Triton kernel here runs fixed shapes whatever shares the batch)
 
 
 def test_t2i_engine_generates(t2i_engine):
@@ -50,6 +47,6 @@ def test_t2i_engine_generates(t2i_engine):
     assert out.tokens.shape == (2, 1024, 32)
     values = out.tokens.float()
     assert (values > 0).float().mean() > 0.05 and (values < 0).float().mean() > 0.05
-    alone = t2i_engine.generate("a fox", height=512, width=512, num_sampling_steps=1, guidance_scale=5.0, seed=0,
-                                output_type="tokens")
-    assert (alone.tokens[0] == out.tokens[0]).double().mean() >= 0.999
+    assert (out.tokens[0] != out.tokens[1]).double().mean() > 0.2
+    # alone equals in a crowd: tests/batching/test_crowd.py; step-by-step agreement with the reference:
+    # tests/engine/test_engine_parity.py

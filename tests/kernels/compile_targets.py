@@ -189,10 +189,20 @@ def _final_layer_step(dtype: torch.dtype, rows: int, patch: int, width: int, per
                      _empty(batch) if per_row_cfg else 4.0, True, out=sample)
 
 
-def _group_norm_silu(dtype: torch.dtype) -> None:
+def _group_norm_silu(dtype: torch.dtype, channels_last: bool = False, channels: int = 128, side: int = 64) -> None:
     from bitdance_rt.kernels.group_norm_silu import group_norm_silu
-    group_norm_silu(_empty(2, 128, 64, 64, dtype=dtype), _empty(128, dtype=dtype), _empty(128, dtype=dtype), 32,
-                    1e-6)
+    x = _empty(2, channels, side, side, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    group_norm_silu(x, _empty(channels, dtype=dtype), _empty(channels, dtype=dtype), 32, 1e-6)
+
+
+def _token_styled_group_norm(dtype: torch.dtype, channels_last: bool, side: int = 64) -> None:
+    from bitdance_rt.kernels.group_norm_silu import token_styled_group_norm
+    x = _empty(2, 256, side, side, dtype=dtype)  # the released decoder's level-0 width, in place as the engine runs it
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    token_styled_group_norm(x, _empty(2, 256, dtype=dtype), _empty(2, 256, dtype=dtype), 32, 1e-6, out=x)
 
 
 def _swiglu(dtype: torch.dtype) -> None:
@@ -367,6 +377,21 @@ VARIANTS: tuple[Variant, ...] = (
             lambda: _final_layer_step(torch.bfloat16, C2I_ROWS * C2I_P, C2I_P, C2I_DIM, True),
             ("_final_layer_step_kernel",)),
     *_both_dtypes("group_norm_silu/128x64x64", _group_norm_silu, ("_group_norm_silu_kernel",)),
+    *_both_dtypes("group_norm_silu/nhwc-256x64x64", lambda dtype: _group_norm_silu(dtype, True, 256),
+                  ("_group_norm_silu_kernel",)),
+    Variant("group_norm_silu/nhwc-1024x64x64/bf16", lambda: _group_norm_silu(torch.bfloat16, True, 1024),
+            ("_group_stats_kernel", "_group_norm_silu_kernel")),  # 32 channels x 4096 pixels per group: split
+    *_both_dtypes("group_norm_silu/token-styled-256x64x64", lambda dtype: _token_styled_group_norm(dtype, False),
+                  ("_group_norm_silu_kernel",)),
+    *_both_dtypes("group_norm_silu/token-styled-nhwc-256x64x64",
+                  lambda dtype: _token_styled_group_norm(dtype, True), ("_group_norm_silu_kernel",)),
+    # the released decoder's level 0 at 256² (8 x 65536 elements per group): split across programs
+    *_both_dtypes("group_norm_silu/split-nhwc-256x256x256", lambda dtype: _group_norm_silu(dtype, True, 256, 256),
+                  ("_group_stats_kernel", "_group_norm_silu_kernel")),
+    Variant("group_norm_silu/split-nchw-256x256x256/bf16", lambda: _group_norm_silu(torch.bfloat16, False, 256, 256),
+            ("_group_stats_kernel", "_group_norm_silu_kernel")),
+    Variant("group_norm_silu/token-styled-split-nhwc-256x256x256/bf16",
+            lambda: _token_styled_group_norm(torch.bfloat16, True, 256), ("_group_stats_kernel", "_group_norm_silu_kernel")),
     *_both_dtypes("patch_attention/D128-P64", lambda dtype: _patch_attention(dtype, 128),
                   ("_patch_attention_kernel",)),
     Variant("patch_attention/D64-P16/bf16", lambda: _patch_attention(torch.bfloat16, 64),
