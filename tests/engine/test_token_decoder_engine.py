@@ -98,9 +98,10 @@ def reference64(decoder: TokenDecoder, z: torch.Tensor, seed: int | None) -> tor
         return ref(z.double(), None)
 
 
-# (layout, channels-last): both memory layouts, each layout at least once (the interpreter is slow)
-CASES = [("tiny_family", False), ("tiny_family", True), ("tiny_family_gan", True), ("widths", True),
-         ("gan_widths", False)]
+# (layout, channels-last): both memory layouts, plain and GAN, widths that change (1x1 shortcuts) with two blocks
+# per level; each case costs about 20 s in Triton's interpreter, so "widths" (a subset of "gan_widths") is left to
+# the GPU test below
+CASES = [("tiny_family", False), ("tiny_family_gan", True), ("gan_widths", True)]
 
 
 @pytest.mark.parametrize("name, channels_last", CASES, ids=[f"{n}-{'nhwc' if c else 'nchw'}" for n, c in CASES])
@@ -153,10 +154,14 @@ def test_chunk_size_comes_from_the_memory_formula(triton_ops, monkeypatch):
     fast = EngineTokenDecoder(decoder, triton_ops, pass_bytes=int(2.5 * per_image))
     assert fast.chunk(8, 8) == 2 == images_per_pass(fast.bytes_per_pixel, 8, 8, int(2.5 * per_image))
     sizes = []
-    run = fast._run
-    monkeypatch.setattr(fast, "_run", lambda z, noise: sizes.append(z.shape[0]) or run(z, noise))
-    fast(random_tokens(5, layout.z_channels, 4, 4, seed=8))  # 8x8 images
-    assert sizes == [2, 2, 1]
+    ds = layout.downsample
+
+    def counted(z, noise):  # what a pass returns, without computing it (the passes are checked above)
+        sizes.append(z.shape[0])
+        return torch.zeros(z.shape[0], layout.out_channels, z.shape[2] * ds, z.shape[3] * ds, device=z.device)
+    monkeypatch.setattr(fast, "_run", counted)
+    out = fast(random_tokens(5, layout.z_channels, 4, 4, seed=8))  # 8x8 images
+    assert sizes == [2, 2, 1] and out.shape == (5, 3, 8, 8)
 
 
 def test_release_decoder_chunks():
