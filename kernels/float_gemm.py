@@ -19,10 +19,8 @@ epilogue; no atomics: the same bits every run). Off CUDA (the interpreter) one K
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-from bitdance_rt.kernels._gemm_epilogue import gemm_store
+from bitdance_rt.kernels._weight_gemm import weight_gemm_kernel
 from bitdance_rt.kernels._gemm_launch import OUT_DTYPES, prepare_gemm
 from bitdance_rt.ops.argument_checks import check_rows, check_tensor
 
@@ -36,35 +34,6 @@ def float_gemm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 
 REFERENCE = float_gemm_reference
-
-
-@triton.jit
-def _float_gemm_kernel(x_ptr, w_ptr, x_row_stride, partial_ptr, bias_ptr, out_ptr, gate_ptr, M, N, K, out_row_stride,
-                       gate_row_stride, k_per_split, partial_width, split_stride, HAS_BIAS: tl.constexpr,
-                       EPILOGUE: tl.constexpr, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_start = tl.program_id(2) * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
-    row_ok, col_ok = rows < M, cols < N
-    x_rows = x_ptr + rows.to(tl.int64)[:, None] * x_row_stride
-    w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
-    w_up_rows = w_ptr + (cols.to(tl.int64) + N)[:, None] * K  # SwiGLU: the up rows [N, 2N)
-    ks = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        k = k0 + ks
-        k_ok = (k < k_end)[None, :]
-        x = tl.load(x_rows + k[None, :], mask=row_ok[:, None] & k_ok, other=0.0)
-        w = tl.load(w_rows + k[None, :], mask=col_ok[:, None] & k_ok, other=0.0)
-        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
-        if EPILOGUE == 1:
-            w_up = tl.load(w_up_rows + k[None, :], mask=col_ok[:, None] & k_ok, other=0.0)
-            acc_up = tl.dot(x, tl.trans(w_up), acc_up, input_precision=DOT_PRECISION)
-    gemm_store(acc, acc_up, rows, cols, M, N, partial_ptr, partial_width, split_stride, bias_ptr, out_ptr,
-               out_row_stride, gate_ptr, gate_row_stride, HAS_BIAS, EPILOGUE, SPLIT)
 
 
 def float_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -84,6 +53,6 @@ def float_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
                         block_k=32 if wide else 64, x_bytes=x.element_size(), w_bytes=weight.element_size(),
                         max_block=64 if wide else 128, interpreter_splits=False)
     if call.launch:
-        _float_gemm_kernel[call.grid](x, weight, x.stride(0), *call.args, DOT_PRECISION="ieee" if wide else None,
-                                      **call.meta)
+        weight_gemm_kernel[call.grid](x, weight, weight, x.stride(0), *call.args, SCALED=False,
+                                      DOT_PRECISION="ieee" if wide else None, **call.meta)
     return call.finish()

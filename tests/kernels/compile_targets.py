@@ -339,9 +339,10 @@ def _both_dtypes(name: str, launch: Callable[[torch.dtype], None], kernels: tupl
 
 
 DECODE, MERGE, PREFILL = ("_decode_kernel",), ("_merge_splits_kernel",), ("_prefill_kernel",)
-INT8_GEMM, FP8_GEMM, REDUCE = ("_int8_weight_gemm_kernel",), ("_fp8_gemm_kernel",), ("_split_k_reduce_kernel",)
+# the float-weight and int8 weight-only GEMMs share one main loop (kernels/_weight_gemm.py)
+INT8_GEMM = FLOAT_GEMM = ("weight_gemm_kernel",)
+FP8_GEMM, REDUCE = ("_fp8_gemm_kernel",), ("_split_k_reduce_kernel",)
 FP8_QUANT = ("_fp8_activation_quant_kernel",)
-FLOAT_GEMM = ("_float_gemm_kernel",)
 VARIANTS: tuple[Variant, ...] = (
     *_both_dtypes("rmsnorm_residual/t2i-hf-5120", _rmsnorm_t2i, ("_rmsnorm_residual_kernel",)),
     Variant("rmsnorm_residual/c2i-torch-no-residual-1280/bf16", lambda: _rmsnorm_c2i_first(torch.bfloat16),
