@@ -57,38 +57,9 @@ def test_quantized_c2i_teacher_forced(c2i16_files, provider, quantization, monke
     report(f"c2i {quantization} {provider}", tol)
 
 
-@pytest.mark.parametrize("quantization", QUANTIZATIONS)
-def test_head_loop_equals_the_quantized_reference_head_on_one_condition(t2i64_dir, quantization):
-    """The engine's fused head loop (PyTorch provider: the reference math per operation) on the 8-bit head gives
-    the reference head's tokens exactly when both get the same condition and noise: the fused adaLN GEMM, the
-    fused-at-load views and ``cond_embed`` read the same codes and scales, and per-token activation scales see the
-    same rows."""
-    import torch
-
-    from bitdance_rt.engine.head_loop import FusedHead
-    from bitdance_rt.ops import OpSet
-    from bitdance_rt.reference.sampler import sample_patch
-    from bitdance_rt.runtime import Runtime
-
-    rt = Runtime.from_pretrained(t2i64_dir, device="cpu", dtype=torch.float32, backend="reference",
-                                 quantization=quantization)
-    head, p, c = rt.model.head, rt.family.parallel, rt.family.token_channels
-    fused = FusedHead(head, OpSet("cpu", "torch"))
-    gen = torch.Generator().manual_seed(0)
-    cond = torch.randn(2, p, head.cfg.cond_channels, generator=gen)
-    noise = torch.randn(3, 1, p, c, generator=gen)
-    made = fused.sample(cond, noise, 4.0, True, fused.step_times(2))
-    draws = iter(noise)
-    ref = torch.sign(sample_patch(head, cond, c, 4.0, 2, lambda shape: next(draws).reshape(shape)))
-    assert torch.equal(made[:1].float(), ref[:1])
-
-
-@pytest.mark.parametrize("quantization", QUANTIZATIONS)
-def test_head_loop_with_8bit_token_projections_runs_the_separate_operations(t2i64_dir, quantization):
-    """``bitdance_rt.quantization`` keeps ``input_proj`` and ``final_layer.linear`` float, and the fused
-    ``input_projection`` / ``final_layer_step`` take float weights only; a head whose projections were made 8-bit
-    anyway runs the separate operations (GEMM and repeat; LayerNorm-modulate, GEMM, output map, sampler step) and
-    still gives the reference head's tokens exactly (PyTorch provider, same condition and noise)."""
+def _head_loop_equals_the_reference_head(t2i_dir, quantization: str, seed: int, quantize_projections: bool) -> None:
+    """The engine's fused head loop (PyTorch provider) on the 8-bit head against the reference head: the same
+    condition and noise give the same tokens."""
     import torch
 
     from bitdance_rt.engine.head_loop import FusedHead
@@ -97,16 +68,33 @@ def test_head_loop_with_8bit_token_projections_runs_the_separate_operations(t2i6
     from bitdance_rt.reference.sampler import sample_patch
     from bitdance_rt.runtime import Runtime
 
-    rt = Runtime.from_pretrained(t2i64_dir, device="cpu", dtype=torch.float32, backend="reference",
+    rt = Runtime.from_pretrained(t2i_dir, device="cpu", dtype=torch.float32, backend="reference",
                                  quantization=quantization)
     head, p, c = rt.model.head, rt.family.parallel, rt.family.token_channels
-    quantize_linears(head, ["input_proj", "final_layer.linear"], quantization)
+    if quantize_projections:
+        quantize_linears(head, ["input_proj", "final_layer.linear"], quantization)
     fused = FusedHead(head, OpSet("cpu", "torch"))
-    assert not fused.fused_input and not fused.fused_final
-    gen = torch.Generator().manual_seed(1)
+    assert fused.fused_input == fused.fused_final == (not quantize_projections)
+    gen = torch.Generator().manual_seed(seed)
     cond = torch.randn(2, p, head.cfg.cond_channels, generator=gen)
     noise = torch.randn(3, 1, p, c, generator=gen)
     made = fused.sample(cond, noise, 4.0, True, fused.step_times(2))
     draws = iter(noise)
     ref = torch.sign(sample_patch(head, cond, c, 4.0, 2, lambda shape: next(draws).reshape(shape)))
     assert torch.equal(made[:1].float(), ref[:1])
+
+
+@pytest.mark.parametrize("quantization", QUANTIZATIONS)
+def test_head_loop_equals_the_quantized_reference_head_on_one_condition(t2i64_dir, quantization):
+    """The fused adaLN GEMM, the fused-at-load views and ``cond_embed`` read the same codes and scales as the
+    reference head, and per-token activation scales see the same rows: tokens equal exactly."""
+    _head_loop_equals_the_reference_head(t2i64_dir, quantization, seed=0, quantize_projections=False)
+
+
+@pytest.mark.parametrize("quantization", QUANTIZATIONS)
+def test_head_loop_with_8bit_token_projections_runs_the_separate_operations(t2i64_dir, quantization):
+    """``bitdance_rt.quantization`` keeps ``input_proj`` and ``final_layer.linear`` float, and the fused
+    ``input_projection`` / ``final_layer_step`` take float weights only; a head whose projections were made 8-bit
+    anyway runs the separate operations (GEMM and repeat; LayerNorm-modulate, GEMM, output map, sampler step) and
+    still gives the reference head's tokens exactly."""
+    _head_loop_equals_the_reference_head(t2i64_dir, quantization, seed=1, quantize_projections=True)
