@@ -39,7 +39,7 @@ class Engine:
         self.use_cuda_graphs = ops.capturable(STEP_OPS)
         self.head_dim, self.width, self.num_heads, self.ffn_width = (layout.head_dim, layout.width, layout.heads,
                                                                      layout.ffn_width)
-        self.patch, self.token_channels = family.parallel, family.token_channels
+        self.parallel, self.token_channels = family.parallel, family.token_channels
         self.cache_shape = (len(layout.layers), layout.kv_heads, layout.head_dim)  # layers, KV heads, head dim
         self._token_decoder = None
 
@@ -78,7 +78,7 @@ class Engine:
         """Run every row's prefix (``family.cache_rows``: prompt token ids, or class ids) with the block mask in one
         pass (``pad_rows`` x ``pad_len``: the pass's fixed shape, filler rows appended); returns the hidden states
         of each row's first block ``[B, P, W]`` and leaves ``cache.lengths`` at each row's prefix length."""
-        p, scale = self.patch, self.head_dim ** -0.5
+        p, scale = self.parallel, self.head_dim ** -0.5
         x, lengths, causal = self.family.prefill_inputs(rows, self.device, pad_rows, pad_len)
         cache.lengths.zero_()
 
@@ -117,7 +117,7 @@ class Engine:
         layers, kv_heads, head_dim = self.cache_shape
         rows = slots * (2 if guided else 1)
         cache = StaticKVCache(layers, rows, kv_heads, max_len, head_dim, self.device, self.hidden_dtype)
-        return SlotBatch.allocate(cache, slots, guided, self.patch, self.width, self.token_channels, num_steps,
+        return SlotBatch.allocate(cache, slots, guided, self.parallel, self.width, self.token_channels, num_steps,
                                   self.hidden_dtype, self.token_dtype)
 
     def ar_step(self, batch: SlotBatch, slots: int) -> AutoregressiveStep:
@@ -127,7 +127,7 @@ class Engine:
             view = batch.prefix(slots)
             graphed = self.use_cuda_graphs and graphs_available(view.hidden.device)
             times = self.head.step_times(view.num_steps)
-            p, w, c, m = view.patch, self.width, self.token_channels, view.mult
+            p, w, c, m = view.parallel, self.width, self.token_channels, view.mult
 
             def head() -> torch.Tensor:
                 cond = view.hidden + view.pos
@@ -192,7 +192,7 @@ class Engine:
             return batch.steps[key]
         (total, length), k = shape, len(leading)
         layers, kv_heads, head_dim = self.cache_shape
-        p, device = self.patch, self.device
+        p, device = self.parallel, self.device
         state = {"scratch": StaticKVCache(layers, total, kv_heads, length + k * p, head_dim, device,
                                           self.hidden_dtype),
                  "hidden": torch.zeros(total, p, self.width, device=device, dtype=self.hidden_dtype),

@@ -47,7 +47,7 @@ class ModelDims:
     element_bytes: int
     head_width: int
     channels: int
-    patch: int
+    parallel: int
     decoder_width: int
     dense_attention: bool
     decoder_bytes_per_pixel: float    # decoder_bytes_per_pixel(layout, element size, fused): peak bytes per pixel
@@ -64,7 +64,7 @@ class ModelDims:
         return cls(layers=layers, kv_heads=kv_heads, heads=engine.num_heads, head_dim=head_dim, width=engine.width,
                    ffn_width=engine.ffn_width, element_bytes=engine.hidden_dtype.itemsize,
                    token_bytes=engine.token_dtype.itemsize,
-                   head_width=engine.head.cfg.width, channels=engine.token_channels, patch=engine.patch,
+                   head_width=engine.head.cfg.width, channels=engine.token_channels, parallel=engine.parallel,
                    decoder_width=decoder.level_channels[0],
                    decoder_bytes_per_pixel=decoder_bytes_per_pixel(
                        decoder, next(family.model.decoder.parameters()).dtype.itemsize, engine.fused_decoder),
@@ -88,10 +88,10 @@ def join_scratch_bytes(d: ModelDims, rows: int, length: int, leading: int) -> in
     positions and ``leading`` unguided AR steps: a scratch KV cache of ``length + leading·P`` positions (and its
     int32 lengths), the hidden states ``[rows, P, W]``, the noise keys (int64 seed, int32 row per row) and the leading
     steps' tokens ``[leading, rows, P, C]``."""
-    cache = rows * (length + leading * d.patch) * d.kv_bytes_per_position() + rows * 4
-    hidden = rows * d.patch * d.width * d.element_bytes
+    cache = rows * (length + leading * d.parallel) * d.kv_bytes_per_position() + rows * 4
+    hidden = rows * d.parallel * d.width * d.element_bytes
     keys = rows * (8 + 4)
-    tokens = leading * rows * d.patch * d.channels * d.token_bytes
+    tokens = leading * rows * d.parallel * d.channels * d.token_bytes
     return cache + hidden + keys + tokens
 
 
@@ -101,8 +101,8 @@ def batch_bytes(d: ModelDims, slots: int, mult: int, max_len: int, num_steps: in
     kept join scratch (``join_length``: the group's prefill length)."""
     rows = slots * mult
     cache = rows * max_len * d.kv_bytes_per_position()
-    buffers = SlotBatch.buffer_bytes(slots, mult, d.patch, d.width, d.channels, d.element_bytes, d.token_bytes)
-    tokens = rows * d.patch
+    buffers = SlotBatch.buffer_bytes(slots, mult, d.parallel, d.width, d.channels, d.element_bytes, d.token_bytes)
+    tokens = rows * d.parallel
     step = max(d.backbone_activations(tokens, max_len), tokens * HEAD_TENSORS_PER_TOKEN * d.head_width * FLOAT32)
     kept = join_scratch_bytes(d, rows, join_length, leading) if leading else 0
     return cache + buffers + step + kept

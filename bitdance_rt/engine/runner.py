@@ -214,7 +214,7 @@ class ModelRunner:
         torch.index_select(b.positions, 0, batch.ar_steps.repeat_interleave(batch.mult), out=batch.pos)
         step = self.engine.ar_step(batch, slots)
         tokens = step.head()
-        p, c = batch.patch, tokens.shape[-1]
+        p, c = batch.parallel, tokens.shape[-1]
         cols = batch.ar_steps[:slots, None] * p + torch.arange(p, device=tokens.device)
         b.tokens[:slots].scatter_(1, cols[:, :, None].expand(-1, -1, c).long(), tokens.to(torch.int8))
         if leaving:

@@ -33,7 +33,7 @@ from .static_cache import StaticKVCache
 class SlotBatch:
     slots: int
     mult: int
-    patch: int
+    parallel: int
     num_steps: int
     cache: StaticKVCache
     hidden: torch.Tensor
@@ -55,7 +55,7 @@ class SlotBatch:
         return self.slots * self.mult
 
     @classmethod
-    def allocate(cls, cache: StaticKVCache, slots: int, guided: bool, patch: int, width: int, channels: int,
+    def allocate(cls, cache: StaticKVCache, slots: int, guided: bool, parallel: int, width: int, channels: int,
                  num_steps: int, hidden_dtype: torch.dtype, token_dtype: torch.dtype) -> "SlotBatch":
         mult = 2 if guided else 1
         rows = slots * mult
@@ -63,11 +63,11 @@ class SlotBatch:
             raise ValueError(f"SlotBatch.allocate: {slots} slots of {mult} rows need a cache of {rows} rows, "
                              f"got {cache.batch}")
         device = cache.lengths.device
-        return cls(slots=slots, mult=mult, patch=patch, num_steps=num_steps, cache=cache,
-                   hidden=torch.zeros(rows, patch, width, device=device, dtype=hidden_dtype),
-                   pos=torch.zeros(rows, patch, width, device=device),
+        return cls(slots=slots, mult=mult, parallel=parallel, num_steps=num_steps, cache=cache,
+                   hidden=torch.zeros(rows, parallel, width, device=device, dtype=hidden_dtype),
+                   pos=torch.zeros(rows, parallel, width, device=device),
                    guidance_scales=torch.ones(slots, device=device),
-                   feedback=torch.zeros(rows, patch, channels, device=device, dtype=token_dtype),
+                   feedback=torch.zeros(rows, parallel, channels, device=device, dtype=token_dtype),
                    live=torch.zeros(rows, device=device, dtype=torch.int32),
                    seeds=torch.zeros(slots, device=device, dtype=torch.int64),
                    ar_steps=torch.zeros(slots, device=device, dtype=torch.int32),
@@ -84,7 +84,7 @@ class SlotBatch:
         if slots == self.slots:
             return self
         rows = slots * self.mult
-        return SlotBatch(slots=slots, mult=self.mult, patch=self.patch, num_steps=self.num_steps,
+        return SlotBatch(slots=slots, mult=self.mult, parallel=self.parallel, num_steps=self.num_steps,
                          cache=self.cache.rows(0, rows), hidden=self.hidden[:rows], pos=self.pos[:rows],
                          guidance_scales=self.guidance_scales[:slots], feedback=self.feedback[:rows],
                          live=self.live[:rows], seeds=self.seeds[:slots], ar_steps=self.ar_steps[:slots],
@@ -97,15 +97,15 @@ class SlotBatch:
         self.cache.lengths[rows] = 0
 
     @staticmethod
-    def buffer_bytes(slots: int, mult: int, patch: int, width: int, channels: int, hidden_bytes: int,
+    def buffer_bytes(slots: int, mult: int, parallel: int, width: int, channels: int, hidden_bytes: int,
                      token_bytes: int) -> int:
         """Bytes of the static buffers ``allocate`` makes (everything but the cache)."""
         rows = slots * mult
-        return (rows * patch * width * (hidden_bytes + 4)      # hidden, pos (float32)
-                + rows * patch * channels * token_bytes         # feedback
+        return (rows * parallel * width * (hidden_bytes + 4)      # hidden, pos (float32)
+                + rows * parallel * channels * token_bytes         # feedback
                 + slots * (4 + 8 + 4 + 4) + rows * 4)          # guidance_scales, seeds, ar_steps, rows_in_request; live
 
     def nbytes(self) -> int:
-        return self.cache.nbytes() + self.buffer_bytes(self.slots, self.mult, self.patch, self.hidden.shape[-1],
+        return self.cache.nbytes() + self.buffer_bytes(self.slots, self.mult, self.parallel, self.hidden.shape[-1],
                                                        self.feedback.shape[-1], self.hidden.element_size(),
                                                        self.feedback.element_size())

@@ -38,7 +38,7 @@ def test_join_scratch_estimate_equals_the_allocation(family, rt_c2i16, rt_t2i16)
     leading = runner.leading_unguided_steps(spec)
     batch = engine.allocate_batch(slots, placement.max_len, spec.num_steps, spec.guided)
     shape = (batch.rows, rt.family.prefill_length(placement.max_len, spec.num_ar))
-    positions = [torch.zeros(engine.patch, engine.width) for _ in range(leading)]
+    positions = [torch.zeros(engine.parallel, engine.width) for _ in range(leading)]
     state = engine._join_state(batch, shape, positions, True)
     assert join_scratch_bytes(runner.dims, *shape, leading) == tensor_bytes(state.values())
     assert (family == "c2i") == (leading > 0)
@@ -63,4 +63,4 @@ def test_slot_batch_buffers_equal_their_estimate(rt_c2i16):
     engine, d = runner.engine, runner.dims
     batch = engine.allocate_batch(5, placement.max_len, spec.num_steps, True)
     held = tensor_bytes(v for k, v in vars(batch).items() if k != "cache")
-    assert held == type(batch).buffer_bytes(5, 2, d.patch, d.width, d.channels, d.element_bytes, d.token_bytes)
+    assert held == type(batch).buffer_bytes(5, 2, d.parallel, d.width, d.channels, d.element_bytes, d.token_bytes)
