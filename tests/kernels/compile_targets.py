@@ -251,7 +251,7 @@ def _unpack(dtype: torch.dtype) -> None:
 
 # 8-bit weights (issue 12): the 14B linears at the decode block (M = 2 guidance rows x P = 64 = 128 rows: split-K
 # where N = 5,120 leaves SMs idle; 32 rows for P = 16) and at 1,024 rows; activations quantized per token and per
-# group. Each variant is a distinct specialization (a repeated one would come from Triton's cache, without a ptxas log).
+# group.
 Q_DECODE_ROWS, Q_P16_ROWS, Q_BATCH_ROWS, Q_FFN, Q_QKV = T2I_ROWS * T2I_P, T2I_ROWS * 16, 1024, 17408, 7168
 
 
@@ -525,6 +525,19 @@ def _mma_version(ttgir: str) -> int | None:
     return max(versions) if versions else None
 
 
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def compile_launch(fn, args: tuple, kwargs: dict) -> dict:
     """Compile one recorded launch for sm_90 exactly as the JIT would specialise it; returns its resource use."""
     import triton
@@ -541,7 +554,11 @@ def compile_launch(fn, args: tuple, kwargs: dict) -> dict:
     knobs.nvidia.dump_ptxas_log = True  # make_cubin prints ptxas -v: registers and spills
     ptxas_log = io.StringIO()
     start = time.perf_counter()
-    with contextlib.redirect_stdout(ptxas_log):
+    # a cache of its own per launch: a specialization another variant compiled (the split-K reduce is shared by
+    # every GEMM) would otherwise come from the cache, without a ptxas log to read its registers from
+    base = os.environ.get("TRITON_CACHE_DIR") or tempfile.gettempdir()
+    with tempfile.TemporaryDirectory(dir=base, prefix="launch-") as own_cache, _env("TRITON_CACHE_DIR", own_cache), \
+            contextlib.redirect_stdout(ptxas_log):
         compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                                   options=options.__dict__)
     log = ptxas_log.getvalue()
