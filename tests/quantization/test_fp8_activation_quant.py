@@ -44,10 +44,14 @@ def check_against_reference(x: torch.Tensor, group_size: int | None) -> None:
     assert torch.equal(scales.cpu(), ref_scales)
 
 
+@pytest.mark.parametrize("tiles", ["gpu", "interpreter"])
 @pytest.mark.parametrize("dtype", X_DTYPES)
 @pytest.mark.parametrize("group_size", GROUPS)
 @pytest.mark.parametrize("m,k", [(1, 96), (7, 1300), (37, 300)])
-def test_random_rows(m, k, group_size, dtype, monkeypatch):
+def test_random_rows(m, k, group_size, dtype, tiles, monkeypatch):
+    """Both tile rules: the GPU's (1 row per program per token, 16 per group; 4 per token above ONE_ROW_UP_TO rows)
+    and the interpreter's (64 rows per program: one partial program)."""
+    monkeypatch.setattr(fp8_activation_quant_module, "triton_interpreter_on", lambda: tiles == "interpreter")
     if (m, k) == (37, 300):  # several rows per program (as above ONE_ROW_UP_TO rows), a partial last program
         monkeypatch.setattr(fp8_activation_quant_module, "ONE_ROW_UP_TO", 8)
     x = randn(m, k, seed=m * k, scale=3.0) * torch.logspace(-3, 2, m, device=DEVICE)[:, None]
