@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from bitdance_rt.ops.argument_checks import check_tensor
+from bitdance_rt.kernels import _tiles
 from bitdance_rt.reference.attention import masked_attention
 
 REFERENCE = masked_attention  # with reference.attention.decode_allowed / prefill_allowed as the mask
@@ -33,6 +34,7 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 HEAD_DIMS = (16, 32, 64, 128)  # 64 and 128 in the models, 16 in the tiny test models
 LOG2_E = 1.4426950408889634
 BLOCK_N = 64  # keys per tile
+INTERPRETER_BLOCK_N = 256  # under Triton's interpreter: fewer, larger key tiles (kernels/_tiles.py)
 PREFILL_BLOCK_M = 64
 MIN_KEYS_PER_SPLIT = 128  # keys of one split at least (two key tiles)
 SPLIT_WAVES = 2  # waves of programs the key splits aim for
@@ -199,6 +201,11 @@ def _launch_shape(head_dim: int) -> dict[str, int]:
     return {"num_warps": 8 if head_dim > 64 else 4, "num_stages": NUM_STAGES}
 
 
+def _key_tile() -> int:
+    """Keys per tile: ``BLOCK_N``, or ``INTERPRETER_BLOCK_N`` under Triton's interpreter (``_tiles``)."""
+    return INTERPRETER_BLOCK_N if _tiles.interpreter_tiles() else BLOCK_N
+
+
 def choose_key_splits(programs: int, max_len: int, sm_count: int) -> int:
     """Key-range splits for ``programs`` (batch·KV heads·row tiles) decode programs over a cache of ``max_len``
     positions on ``sm_count`` multiprocessors: enough programs for ``SPLIT_WAVES`` waves (a few rows leave most
@@ -242,14 +249,15 @@ def block_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         key_splits = _key_splits(bh * m_tiles, max_len, q.device)
     if not isinstance(key_splits, int) or key_splits < 1:
         raise ValueError(f"{kernel}: key_splits must be a positive int, got {key_splits!r}")
-    key_splits = min(key_splits, triton.cdiv(max_len, BLOCK_N))  # at most one key tile per split
+    block_n = _key_tile()
+    key_splits = min(key_splits, triton.cdiv(max_len, block_n))  # at most one key tile per split
     rows_total = batch * q_heads * block
     split = key_splits > 1
     part = torch.empty((key_splits, rows_total, head_dim) if split else (1,), device=q.device, dtype=torch.float32)
     lse = torch.empty((key_splits, rows_total) if split else (1,), device=q.device, dtype=torch.float32)
     _decode_kernel[(bh, m_tiles, key_splits)](
         q, k_cache, v_cache, lengths, out, part, lse, scale * LOG2_E, k_cache.shape[1], max_len, block,
-        key_splits, rows_total, GROUP_ROWS=group_rows, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+        key_splits, rows_total, GROUP_ROWS=group_rows, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
         SPLIT=split, DOT_PRECISION=_dot_precision(q.dtype), **_launch_shape(head_dim))
     if split:
         block_r = 16
@@ -278,6 +286,6 @@ def block_attention_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         out = torch.empty_like(q)
     _prefill_kernel[(triton.cdiv(num_queries, PREFILL_BLOCK_M), batch * q_heads)](
         q, k_cache, v_cache, lengths, causal_lens, out, scale * LOG2_E, q_heads, group, num_queries, max_len, block,
-        HEAD_DIM=head_dim, BLOCK_M=PREFILL_BLOCK_M, BLOCK_N=BLOCK_N, DOT_PRECISION=_dot_precision(q.dtype),
+        HEAD_DIM=head_dim, BLOCK_M=PREFILL_BLOCK_M, BLOCK_N=_key_tile(), DOT_PRECISION=_dot_precision(q.dtype),
         **_launch_shape(head_dim))
     return out

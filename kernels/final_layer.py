@@ -31,6 +31,7 @@ import triton.language as tl
 from bitdance_rt.ops.argument_checks import check_rows, check_tensor
 from bitdance_rt.ops.sampler_contract import cfg_per_row, check_guidance, check_times, step_output
 from bitdance_rt.kernels.sampler_step import euler_maruyama_of, guided_velocity_from
+from bitdance_rt.kernels import _tiles
 from bitdance_rt.reference.head_ops import final_layer_ref, final_layer_step_ref
 
 REFERENCE = final_layer_ref
@@ -39,6 +40,7 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK_M = 16        # rows per program (tl.dot's smallest M)
 BLOCK_D = 128       # columns of x per reduction chunk (16-bit weights)
 BLOCK_D_FP32 = 32   # float32 weights (IEEE dot, 2 accumulators): the guided step spilled on sm_90 with 128 and 64
+INTERPRETER_BLOCK_M, INTERPRETER_BLOCK_D = 128, 1024  # under Triton's interpreter (kernels/_tiles.py)
 MIN_DOT = 16        # tl.dot's smallest tile side
 MAX_CHANNELS = 256  # output channels held in one tile (the released models have 16 or 32)
 NUM_WARPS = 4
@@ -195,9 +197,11 @@ def _check_final(kernel: str, x: torch.Tensor, scale: torch.Tensor, shift: torch
 
 
 def _meta(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sigmoid: bool) -> dict:
-    return dict(HAS_BIAS=bias is not None, SIGMOID=sigmoid, IEEE=weight.dtype == torch.float32, BLOCK_M=BLOCK_M,
-                BLOCK_D=min(BLOCK_D_FP32 if weight.dtype == torch.float32 else BLOCK_D,
-                            max(MIN_DOT, triton.next_power_of_2(x.shape[1]))),
+    block_m, block_d = BLOCK_M, BLOCK_D_FP32 if weight.dtype == torch.float32 else BLOCK_D
+    if _tiles.interpreter_tiles():  # Triton's interpreter: fewer programs and chunks (each costs milliseconds)
+        block_m, block_d = INTERPRETER_BLOCK_M, INTERPRETER_BLOCK_D
+    return dict(HAS_BIAS=bias is not None, SIGMOID=sigmoid, IEEE=weight.dtype == torch.float32, BLOCK_M=block_m,
+                BLOCK_D=min(block_d, max(MIN_DOT, triton.next_power_of_2(x.shape[1]))),
                 BLOCK_C=max(MIN_DOT, triton.next_power_of_2(weight.shape[0])), num_warps=NUM_WARPS)
 
 
