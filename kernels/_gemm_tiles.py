@@ -24,10 +24,13 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from bitdance_rt.kernels import _tiles
+
 MAX_SPLITS = 8
 MIN_STEPS_PER_SPLIT = 4
 SHARED_BUDGET = 160 * 1024
 DEFAULT_SMS = 132  # an H100 SXM, used when the device is not a GPU (interpreter, compile-only checks)
+INTERPRETER_MAX_BLOCK = 256  # BLOCK_M and BLOCK_N at most, under Triton's interpreter
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ def gemm_tiles(m: int, n: int, k: int, *, block_k: int, x_bytes: int, w_bytes: i
     """Tiles for ``[M, K] @ [N, K]ᵀ`` with ``x_bytes`` / ``w_bytes`` per operand element; ``splits`` forces the
     number of K ranges (1 to the number of ``block_k`` steps), None picks it by the rule above. ``max_block`` caps
     BLOCK_M and BLOCK_N (64 for float32 operands, whose IEEE dot runs on the FMA units, not the tensor cores)."""
+    if device.type != "cuda" and _tiles.interpreter_tiles():  # fewer, larger programs (kernels/_tiles.py)
+        max_block = INTERPRETER_MAX_BLOCK
     block_m = min(max_block, max(16, triton.next_power_of_2(m)))
     block_n = max_block
     steps = triton.cdiv(k, block_k)

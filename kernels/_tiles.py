@@ -3,8 +3,10 @@ rows per program (about ``TILE_ELEMENTS`` elements), so narrow heads do not pay 
 
 Under Triton's interpreter (the CPU) each program costs milliseconds whatever its size, so tiles hold up to
 ``INTERPRETER_MAX_ROWS`` rows instead: every row's result is the same whatever tile it sits in (a row's reduction
-runs over its own columns, ``block_d`` unchanged). The kernels' own tests force the GPU's rule
-(``tests/kernels/conftest.py``), so CI still runs many programs per launch and partial tiles.
+runs over its own columns, ``block_d`` unchanged). The same switch, ``interpreter_tiles``, enlarges the tiles of the
+GEMMs (``_gemm_tiles``), the head's final layer, attention's key tiles and the fp8 activation quantizer. The
+kernels' own tests force the GPU's rules (``gpu_tile_shapes`` in ``tests/conftest.py``), so CI still runs launches
+of many programs and partial tiles.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from bitdance_rt.ops.argument_checks import check_rows, check_tensor
-from bitdance_rt.platform import triton_interpreter_on
+from bitdance_rt.kernels import _tiles
 from bitdance_rt.quantization.formats import BLOCK, FP8_DTYPE, FP8_MAX, SCALE_FLOOR
 from bitdance_rt.quantization.reference_linear import fp8_activation_quant_reference
 
@@ -37,13 +37,13 @@ TOKEN_BLOCK_K = 1024  # columns per pass step of the per-token form
 
 
 ONE_ROW_UP_TO = 512  # per token: one row per program up to this many rows (more programs streaming), then 4
-INTERPRETER_BLOCK_M = 64  # under Triton's interpreter each program costs milliseconds: fewer, taller tiles
+INTERPRETER_BLOCK_M = 64  # under Triton's interpreter each program costs milliseconds: fewer, taller tiles (_tiles)
 
 
 def _block_m(m: int, grouped: bool) -> int:
     """Rows per program: 16 for 128-column groups; per token 1 or 4 (above ``ONE_ROW_UP_TO`` rows); 64 under the
     interpreter. Each row's arithmetic is the same whatever the tile (its own amax, then its own codes)."""
-    if triton_interpreter_on():
+    if _tiles.interpreter_tiles():
         return INTERPRETER_BLOCK_M
     return 16 if grouped else (1 if m <= ONE_ROW_UP_TO else 4)
 

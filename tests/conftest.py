@@ -31,6 +31,16 @@ from bitdance_rt.runtime import Runtime
 from bitdance_rt.tiny_models import write_tiny_c2i, write_tiny_t2i
 
 
+@pytest.fixture
+def gpu_tile_shapes(monkeypatch):
+    """The tile shapes a GPU gets, also under Triton's interpreter (where the engine launches fewer, taller tiles:
+    ``kernels/_tiles.py``), so that the kernels' tests cover launches of many programs and partial tiles on the CPU.
+    Used by every test of ``tests/kernels/`` and ``tests/quantization/`` (their conftest files)."""
+    import bitdance_rt.kernels._tiles as tiles
+
+    monkeypatch.setattr(tiles, "interpreter_tiles", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """For modules of many tiny tensors: a second intra-op thread only adds barrier waits (seconds on a loaded

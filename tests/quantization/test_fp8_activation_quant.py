@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import bitdance_rt.kernels._tiles as _tiles
 from quant_testing import DEVICE, FP8, ON_GPU, as_bytes, e4m3_values, poisoned, randn
 
 import bitdance_rt.kernels.fp8_activation_quant as fp8_activation_quant_module
@@ -51,7 +53,7 @@ def check_against_reference(x: torch.Tensor, group_size: int | None) -> None:
 def test_random_rows(m, k, group_size, dtype, tiles, monkeypatch):
     """Both tile rules: the GPU's (1 row per program per token, 16 per group; 4 per token above ONE_ROW_UP_TO rows)
     and the interpreter's (64 rows per program: one partial program)."""
-    monkeypatch.setattr(fp8_activation_quant_module, "triton_interpreter_on", lambda: tiles == "interpreter")
+    monkeypatch.setattr(_tiles, "interpreter_tiles", lambda: tiles == "interpreter")
     if (m, k) == (37, 300):  # several rows per program (as above ONE_ROW_UP_TO rows), a partial last program
         monkeypatch.setattr(fp8_activation_quant_module, "ONE_ROW_UP_TO", 8)
     x = randn(m, k, seed=m * k, scale=3.0) * torch.logspace(-3, 2, m, device=DEVICE)[:, None]
