@@ -30,9 +30,10 @@ def test_backend_is_reported(c2i_engine, rt_c2i16):
 def test_c2i_engine_generates_and_is_deterministic(c2i_engine):
     steps = []
     out = c2i_engine.generate(class_labels=[3, 7], num_sampling_steps=1, guidance_scale=3.0, seed=5,
-                              output_type="np", callback=lambda k, n: steps.append((k, n)))
+                              output_type="tokens", callback=lambda k, n: steps.append((k, n)))
     assert out.tokens.shape == (2, 256, 32) and set(out.tokens.unique().tolist()) <= {-1, 0, 1}
-    assert out.images.shape == (2, 256, 256, 3) and steps[-1] == (16, 16)
+    assert steps[-1] == (16, 16)
+    # images through the kernels' decoder on this backend: tests/engine/test_token_decoder_engine.py
     assert (out.tokens[0] != out.tokens[1]).double().mean() > 0.2  # each image has its own class and noise
     again = c2i_engine.generate(class_labels=[3, 7], num_sampling_steps=1, guidance_scale=3.0, seed=5,
                                 output_type="tokens")
