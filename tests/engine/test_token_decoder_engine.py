@@ -109,7 +109,7 @@ def test_matches_the_reference_decoder(name, channels_last, triton_ops):
     layout = LAYOUTS[name]
     decoder = random_decoder(layout, seed=1)
     grid = (2, 3) if layout.downsample > 4 else (3, 4)
-    z = random_tokens(2, layout.z_channels, *grid, seed=2)
+    z = random_tokens(1, layout.z_channels, *grid, seed=2)  # several images: test_chunks_equal_their_own_passes
     expected64 = reference64(decoder, z, 3)
     with torch.no_grad():
         expected32 = decoder(z, generator(3) if layout.gan_decoder else None)
