@@ -10,8 +10,8 @@ containing ``FAIL_MARKER`` runs in a batch of its own whose pass raises ``Runtim
 step ``FAIL_STEP`` (after 2 steps), so the scheduler fails that batch's requests and no other. ``max_images`` is
 the memory budget (an image counts ``IMAGE_BYTES``): the scheduler refuses a request for more images with
 ``InvalidRequestError`` at submit. ``hold()`` / ``release()`` take and give back the scheduler's step lock, which
-pauses the worker between rounds (queued requests stay queued; cancels and previews go on). ``submitted`` and ``requests`` list the handles and the
-``ImageRequest`` objects the server submitted.
+pauses the worker between rounds (queued requests stay queued; cancels and previews go on). ``submitted`` and
+``requests`` list the handles and the ``ImageRequest`` objects the server submitted.
 """
 
 from __future__ import annotations

@@ -115,6 +115,17 @@ def open_stream(server: ImageServer, method: str, path: str, body: Any = None,
     return conn, conn.getresponse()
 
 
+def whole_stream(server: ImageServer, method: str, path: str, body: Any = None, timeout: float = 60.0
+                 ) -> tuple[http.client.HTTPResponse, list[tuple[str, dict[str, Any]]]]:
+    """Open an event stream, read it to the end (``read_events``) and close the connection: ``(response, events)``
+    (the response's status and headers stay readable)."""
+    conn, resp = open_stream(server, method, path, body, timeout)
+    try:
+        return resp, read_events(resp)
+    finally:
+        conn.close()
+
+
 class RawAnswer:
     """What came back on a raw connection: status, lower-cased headers, body, seconds until the server closed."""
 

@@ -12,7 +12,7 @@ import pytest
 
 from bitdance_rt.http.server import ImageServer, ServerConfig
 from fake_runtime import FAIL_MARKER, FakeRuntime
-from http_testing import GENERATIONS, call, decode_png, open_stream, read_events, running_server
+from http_testing import GENERATIONS, call, decode_png, running_server, whole_stream
 
 
 @pytest.fixture(scope="module")
@@ -219,13 +219,9 @@ def test_failed_request_is_500_and_does_not_affect_a_concurrent_one(server, capl
 
 @pytest.mark.parametrize("style,first", [("progress", "queued"), ("openai", "error")])
 def test_failed_stream_ends_with_error_event(server, style, first):
-    conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": FAIL_MARKER, "stream": True,
-                                                           "stream_events": style, "partial_images": 1})
-    try:
-        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
-        events = read_events(resp)
-    finally:
-        conn.close()
+    resp, events = whole_stream(server, "POST", GENERATIONS, {"prompt": FAIL_MARKER, "stream": True,
+                                                              "stream_events": style, "partial_images": 1})
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
     names = [name for name, _ in events]
     assert names[0] == first and names[-1] == "error" and names.count("error") == 1
     assert "done" not in names and "image_generation.completed" not in names

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from fake_runtime import FakeRuntime
-from http_testing import GENERATIONS, call, decode_image, decode_png, open_stream, read_events, running_server
+from http_testing import (GENERATIONS, call, decode_image, decode_png, open_stream, read_events, running_server,
+                          whole_stream)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +63,8 @@ def test_async_then_events_then_status(server):
     job = created.json()
     assert re.fullmatch(r"gen-[0-9a-f]{16}", job["id"]) and created.headers["Location"] == job["url"]
     assert job["events_url"] == f"{GENERATIONS}/{job['id']}/events"
-    conn, resp = open_stream(server, "GET", job["events_url"])
-    try:
-        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
-        events = read_events(resp)
-    finally:
-        conn.close()
+    resp, events = whole_stream(server, "GET", job["events_url"])
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
     names = [n for n, _ in events]
     assert names[0] == "queued" and names[-1] == "done" and names.count("done") == 1, names
     _check_progress(events, total=16, every=4, max_side=128)
@@ -81,13 +78,9 @@ def test_async_then_events_then_status(server):
 
 
 def test_progress_events_on_the_openai_endpoint(server):
-    conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": "a red fox", "stream": True, "size": "512x512",
-                                                           "stream_events": "progress"})
-    try:
-        assert resp.status == 200
-        events = read_events(resp)
-    finally:
-        conn.close()
+    resp, events = whole_stream(server, "POST", GENERATIONS, {"prompt": "a red fox", "stream": True, "size": "512x512",
+                                                              "stream_events": "progress"})
+    assert resp.status == 200
     assert [n for n, _ in events][-1] == "done"
     _check_progress(events, total=16, every=4, max_side=128)
     assert decode_png(events[-1][1]["data"][0]["b64_json"]).size == (512, 512)
@@ -104,14 +97,10 @@ def slow_server():
 def test_openai_stream_events(slow_server, partials):
     """OpenAI's image streaming: ``partial_images`` partial images (full size, indexed 0..), then one completed
     event per image, each with the image's seed; ``output_format`` applies to both."""
-    conn, resp = open_stream(slow_server, "POST", GENERATIONS, {"prompt": "a red fox", "stream": True, "n": 2,
-                                                                "seed": 9, "partial_images": partials,
-                                                                "output_format": "jpeg"})
-    try:
-        assert resp.status == 200 and resp.headers["X-Request-Id"].startswith("gen-")
-        events = read_events(resp)
-    finally:
-        conn.close()
+    resp, events = whole_stream(slow_server, "POST", GENERATIONS, {"prompt": "a red fox", "stream": True, "n": 2,
+                                                                   "seed": 9, "partial_images": partials,
+                                                                   "output_format": "jpeg"})
+    assert resp.status == 200 and resp.headers["X-Request-Id"].startswith("gen-")
     names = [n for n, _ in events]
     assert names == ["image_generation.partial_image"] * partials + ["image_generation.completed"] * 2, names
     for i, (_, data) in enumerate(events[:partials]):

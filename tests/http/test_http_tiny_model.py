@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import bitdance_rt.http.results as http_results
-from http_testing import GENERATIONS, call, decode_png, open_stream, read_events, running_server, tiny_runtime_or_skip
+from http_testing import (GENERATIONS, call, decode_png, open_stream, read_events, running_server, tiny_runtime_or_skip,
+                          whole_stream)
 
 STEPS = 2  # sampling steps per AR step: enough to exercise the head, cheap on the CPU
 
@@ -45,14 +46,10 @@ def test_generation_returns_a_png_of_the_size(server):
 
 
 def test_stream_gives_progress_with_previews_then_done(server):
-    conn, resp = open_stream(server, "POST", GENERATIONS, {"prompt": "a lighthouse", "stream": True, "seed": 1,
-                                                           "stream_events": "progress", "num_sampling_steps": STEPS},
-                             timeout=120)
-    try:
-        assert resp.status == 200
-        events = read_events(resp)
-    finally:
-        conn.close()
+    resp, events = whole_stream(server, "POST", GENERATIONS, {"prompt": "a lighthouse", "stream": True, "seed": 1,
+                                                              "stream_events": "progress", "num_sampling_steps": STEPS},
+                                timeout=120)
+    assert resp.status == 200
     names = [n for n, _ in events]
     assert names[0] == "queued" and names[-1] == "done" and names.count("done") == 1, names
     progress = [d for n, d in events if n == "progress"]
