@@ -21,7 +21,7 @@ C]``. An 8-bit ``input_proj`` or ``final_layer.linear`` (``bitdance_rt.quantizat
 the projections to and from the token channels float) falls back to the separate operations (GEMM and ``repeat``;
 ``layernorm_modulate``, the GEMM, ``sigmoid_output``, ``sampler_step``).
 
-``sample_keyed`` is the same loop with the noise drawn from per-row Philox keys (``engine/request_noise.py``). It
+``sample_keyed`` is the same loop with the noise drawn from per-row Philox keys (``reference/philox_noise.py``). It
 draws each step's noise with ``keyed_noise`` into a ``[rows/m, P, C]`` float32 tensor and runs the fused
 ``final_layer_step``, rather than keeping the old chain (final layer ops, then ``sampler_step_keyed``, whose CUDA
 kernel draws the noise in registers). Why: on the Triton chain ``sampler_step_keyed`` already draws that noise
@@ -181,7 +181,8 @@ class FusedHead:
     def sample_keyed(self, cond: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                      cfg_scale: float | torch.Tensor, guided: bool, times: StepTimes) -> torch.Tensor:
         """As ``sample``, with the noise drawn in the loop from ``keys = (seeds int64, ar_steps int32,
-        rows_in_request int32)``, one entry per conditional row (``engine/request_noise.py``)."""
+        rows_in_request int32)``, one entry per conditional row (a batch's ``SlotBatch`` keys;
+        ``reference/philox_noise.py`` defines the draw)."""
         p, channels = cond.shape[1], self.cfg.token_channels
         return self._loop(cond, self.ops.keyed_noise(*keys, 0, p, channels), cfg_scale, guided, times, keys=keys)
 

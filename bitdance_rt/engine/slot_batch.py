@@ -14,7 +14,7 @@ width, C token channels and N sampling steps:
   length 0 whatever the pass computed for them;
 - ``seeds [S]`` int64, ``ar_steps [S]`` int32, ``rows_in_request [S]`` int32: each slot's noise key (image seed,
   AR step, row of the image), kept current: the head loop draws its Philox noise from them
-  (``engine/request_noise.py``).
+  (``reference/philox_noise.py``: ``keyed_normal``; the kernels draw the same).
 
 ``prefix(k)`` is the first k slots as a ``SlotBatch`` of views (same storage): the rows a bucketed step computes.
 ``steps`` caches the AR step built per prefix size (CUDA graphs on a GPU).
